@@ -1,0 +1,128 @@
+"""The ``camlt`` command: train, eval and data subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from camlt.checkpoint import CheckpointError, atomic_write_json
+from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
+from camlt.data import DataError
+
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError, RuntimeError)
+
+
+def _resolve_train_target(target: str, overrides: list[str]):
+    """A recipe plus overrides, or an existing run directory (whose saved config is reused)."""
+    path = Path(target)
+    if path.is_dir():
+        if overrides:
+            raise ConfigError(f"{target} is a run directory; overrides apply to a recipe file only")
+        return from_yaml_file(path / "config.yaml"), path
+    cfg = load_config(path, overrides)
+    run_dir = cfg.train.run_dir or default_run_dir(path, overrides, cfg.train.out_dir)
+    return cfg, Path(run_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from camlt.engine import train
+
+    cfg, run_dir = _resolve_train_target(args.config, args.overrides)
+    print(f"run directory: {run_dir}", flush=True)
+    train(cfg, run_dir, resume=args.resume or Path(args.config).is_dir())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from camlt.engine import evaluate_checkpoint
+    from camlt.metrics import format_table
+
+    metrics, classes, counts, run_dir = evaluate_checkpoint(args.target)
+    print(format_table(metrics, classes, counts))
+    out = Path(args.out) if args.out else run_dir / "eval.json"
+    atomic_write_json(out, {"metrics": metrics, "classes": classes, "train_counts": counts})
+    print(f"wrote {out}")
+    return 0
+
+
+def data_stats(cfg) -> dict:
+    """Class counts and shot groups of a config's training set."""
+    from camlt.data import build_datasets
+    from camlt.metrics import frequency_thirds, shot_groups
+
+    train_set, test_set = build_datasets(cfg)
+    counts = train_set.class_counts()
+    groups = shot_groups(counts)
+    return {
+        "dataset": cfg.data.name,
+        "num_classes": train_set.num_classes,
+        "num_images": len(train_set),
+        "num_test_images": len(test_set),
+        "classes": train_set.classes,
+        "counts": counts,
+        "imbalance_factor": max(counts) / min(counts),
+        "split_seed": cfg.data.split_seed,
+        **{name: len(members) for name, members in groups.items()},
+        **{f"{name}_classes": members for name, members in frequency_thirds(counts).items()},
+    }
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    stats = data_stats(load_config(args.config, args.overrides))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['dataset']}: {stats['num_images']} training images in {stats['num_classes']} classes "
+          f"(test {stats['num_test_images']}), imbalance {stats['imbalance_factor']:.1f}, "
+          f"split seed {stats['split_seed']}")
+    print(f"shot groups: many {stats['many']}, medium {stats['medium']}, few {stats['few']}")
+    for name, n in zip(stats["classes"], stats["counts"], strict=True):
+        print(f"  {name:<20} {n:>7}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camlt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe with dotted overrides")
+    p.add_argument("config", help="recipe file (configs/*.yaml) or a run directory to resume")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=30 data.imbalance=50")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on the test split")
+    p.add_argument("target", help="run directory or checkpoint file")
+    p.add_argument("--out", help="where to write the metrics JSON (default RUN_DIR/eval.json)")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("stats", help="class counts and shot groups of a config's training set")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_data_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EXPECTED_ERRORS as err:
+        if os.environ.get("CAMLT_DEBUG"):
+            raise
+        print(f"camlt: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camlt: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

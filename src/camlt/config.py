@@ -1,0 +1,257 @@
+"""Typed run configuration: YAML recipes in ``configs/`` plus dotted command-line overrides.
+
+The schema below is the single list of valid keys; an unknown key or a wrong type is refused
+with the key's name and the valid alternatives, before any data is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fmnist_lt"  # fmnist_lt | cifar10_lt | cifar100_lt
+    root: str | None = None  # a directory holding the dataset files; searched first
+    profile: str = "exp"  # exp | step
+    imbalance: float = 100.0  # n_max / n_min; 1 keeps every class at n_max
+    n_max: int | None = None  # per-class maximum; default: the dataset's balanced size
+    balanced: bool = False  # the full balanced training set (the ceiling row)
+    order: str = "standard"  # Fashion-MNIST class order: standard | hard
+    split_seed: int = 0  # the seeded shuffle that picks each class's images
+    download: bool = False  # let torchvision download when nothing is found locally
+
+
+@dataclass
+class CAMCConfig:
+    variant: str = "section2"  # section2 | class (METHOD.md 3b)
+    alpha: float = 1.0
+    tau: float = 0.1
+    k: int = 5
+    mu: float = 0.99
+    gamma: float = 0.5
+    guide: str = "predicted"  # predicted | target | balanced
+    calibrate: bool = True
+    use_cam: bool = True
+    use_corr: bool = True
+    lam: float = 1.0  # lambda of the class-specific design
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet32"
+    head: str = "normalized"  # linear | normalized | camc
+    scale: float = 16.0  # s of the normalized classifier
+    learn_scale: bool = False
+    pretrained: str | None = None  # a weights file for torchvision backbones
+    camc: CAMCConfig = field(default_factory=CAMCConfig)
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    warmup_epochs: int = 5
+    schedule: str = "multistep"  # multistep | cosine
+    milestones: list[int] = field(default_factory=lambda: [160, 180])
+    lr_decay: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: bool = True
+    deterministic: bool = True
+    threads: int = 0  # CPU threads; 0 leaves torch's default
+    eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
+    progress: bool = True
+    out_dir: str = "runs"
+    run_dir: str | None = None  # default: out_dir/<recipe>[-<overrides>]
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, for error messages."""
+    keys = []
+    for name, value in node.items():
+        path = f"{prefix}{name}"
+        keys += _valid_keys(value, path + ".") if isinstance(value, DictConfig) else [path]
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn an OmegaConf error into one that names the key and lists the valid ones."""
+    key = getattr(err, "full_key", None) or "?"
+    schema = OmegaConf.structured(Config)
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    node = OmegaConf.select(schema, section) if section else schema
+    valid = _valid_keys(node, section + "." if section else "") if node is not None else []
+    if not valid or not isinstance(node, DictConfig):
+        valid = _valid_keys(schema)
+    reason = str(err).splitlines()[0]
+    return ConfigError(f"{source}: bad config key '{key}': {reason}. Valid keys: {', '.join(valid)}")
+
+
+def _read_yaml(path: Path) -> dict:
+    """Parse a recipe file, naming the file and line on a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, loss, train)")
+    return loaded
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Dotted ``key=value`` pairs, values parsed as YAML scalars or lists."""
+    result: dict = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.epochs=30")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is both a value and a section")
+        node[parts[-1]] = value
+    return result
+
+
+def merge(base: dict, source: str) -> DictConfig:
+    """Validate a nested dict against the schema."""
+    schema = OmegaConf.structured(Config)
+    try:
+        return OmegaConf.merge(schema, OmegaConf.create(base))
+    except OmegaConfBaseException as err:
+        raise _explain(err, source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved configuration of a recipe with its overrides applied."""
+    path = Path(path)
+    recipe = _read_yaml(path)
+    cfg = merge(recipe, str(path))
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(parse_overrides(overrides)))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "command line") from None
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.profile": ("exp", "step"),
+    "data.order": ("standard", "hard"),
+    "model.camc.variant": ("section2", "class"),
+    "model.camc.guide": ("predicted", "target", "balanced"),
+    "train.schedule": ("multistep", "cosine"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and choice checks that a type alone cannot express."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    if cfg.data.imbalance < 1:
+        raise ConfigError(f"data.imbalance={cfg.data.imbalance}: must be >= 1 (n_max / n_min)")
+    if cfg.data.n_max is not None and cfg.data.n_max < 1:
+        raise ConfigError(f"data.n_max={cfg.data.n_max}: must be a positive image count")
+    positive = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.eval_every": cfg.train.eval_every,
+        "model.scale": cfg.model.scale,
+        "model.camc.k": cfg.model.camc.k,
+        "model.camc.tau": cfg.model.camc.tau,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value}: must be positive")
+    if not 0 <= cfg.model.camc.mu < 1:
+        raise ConfigError(f"model.camc.mu={cfg.model.camc.mu}: must be in [0, 1)")
+    if cfg.train.warmup_epochs < 0 or cfg.train.lr <= 0:
+        raise ConfigError("train.warmup_epochs must be >= 0 and train.lr > 0")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, the form saved beside every checkpoint."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def from_yaml_file(path: str | Path) -> DictConfig:
+    """A saved, resolved config (as written in a run directory)."""
+    path = Path(path)
+    cfg = merge(_read_yaml(path), str(path))
+    validate(cfg)
+    return cfg
+
+
+def default_run_dir(config_path: str | Path, overrides: list[str], out_dir: str) -> Path:
+    """A run directory named by its recipe and overrides, so the same command resumes it."""
+    name = Path(config_path).stem
+    relevant = [o for o in overrides if not o.startswith(("train.run_dir", "train.out_dir"))]
+    if relevant:
+        slug = "-".join(o.replace("/", "_") for o in relevant)
+        if len(slug) > 80:
+            slug = hashlib.sha1(slug.encode()).hexdigest()[:12]
+        name = f"{name}-{slug}"
+    return Path(out_dir) / name
+
+
+def diff(a: DictConfig, b: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    out = []
+    for key in sorted(set(a.keys()) | set(b.keys())):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, DictConfig) and isinstance(vb, DictConfig):
+            out += diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} != {vb!r}")
+    return out

@@ -1,0 +1,116 @@
+"""In-memory image sets held as uint8 tensors, augmented a whole batch at a time.
+
+Per-image PIL transforms in a DataLoader dominate the step time of small-image training on a
+CPU; cropping and flipping a uint8 batch with one gather is an order of magnitude cheaper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TensorImageSet:
+    """Images (N, C, H, W) uint8, labels (N,) int64, class names and normalisation constants."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+
+def random_crop_flip(batch: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad-and-crop plus horizontal flip for a uint8 batch, one random draw per image."""
+    b, _, h, w = batch.shape
+    padded = F.pad(batch, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    cols = ox[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows = oy[:, None] + torch.arange(h)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+class BatchLoader:
+    """Iterates (images, labels) batches of a TensorImageSet: float, normalised, optionally augmented.
+
+    The order and the augmentation of epoch e depend only on (seed, e), so a resumed run sees
+    exactly the batches an uninterrupted one would. A sampler (epoch, generator) -> indices
+    replaces the plain shuffle (class-aware sampling); ``shard`` = (rank, world) splits every
+    epoch's indices across processes.
+    """
+
+    def __init__(
+        self,
+        data: TensorImageSet,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        pad: int = 4,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] = (0, 1),
+        channels_last: bool = False,
+    ) -> None:
+        self.data, self.batch_size, self.train = data, batch_size, train
+        self.seed, self.pad, self.sampler, self.shard = seed, pad, sampler, shard
+        self.channels_last = channels_last
+        self.epoch = 0
+        self._mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self, generator: torch.Generator) -> torch.Tensor:
+        n = len(self.data)
+        if not self.train:
+            idx = torch.arange(n)
+        elif self.sampler is not None:
+            idx = self.sampler(self.epoch, generator)
+        else:
+            idx = torch.randperm(n, generator=generator)
+        rank, world = self.shard
+        if world > 1:
+            per = -(-len(idx) // world)
+            idx = torch.cat([idx, idx[: per * world - len(idx)]])[rank::world]
+        return idx
+
+    def __len__(self) -> int:
+        n = -(-len(self.data) // self.shard[1])
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        x = (batch.float() - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        idx = self._indices(generator)
+        stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
+        for start in range(0, stop, self.batch_size):
+            sel = idx[start : start + self.batch_size]
+            images = self.data.images[sel]
+            if self.train and self.pad > 0:
+                images = random_crop_flip(images, self.pad, generator)
+            yield self.normalise(images), self.data.labels[sel]

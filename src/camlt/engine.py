@@ -1,0 +1,371 @@
+"""The training loop: build a run from its config, train epoch by epoch, checkpoint, resume, evaluate.
+
+One plain loop (after torchvision's reference ``train.py``): the method lives in the head, the
+re-weighting in the loss, the class-aware sampling in the loader. Anything that changes with the
+epoch (DRW, progressive sampling) exposes ``set_epoch`` and is called at the start of each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from camlt import __version__
+from camlt.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    RunLock,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_jsonl,
+)
+from camlt.config import diff, from_yaml_file, merge, to_yaml
+from camlt.data import BatchLoader, TensorImageSet, build_datasets
+from camlt.losses import build_loss
+from camlt.metrics import evaluate_predictions, format_table
+from camlt.models import LongTailClassifier, build_model
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+FINAL_FILE = "final_metrics.json"
+# Keys that may differ on --resume without changing the result.
+RESUME_FREE_KEYS = ("train.progress", "train.threads", "train.run_dir", "train.out_dir", "train.device")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- setup helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively; on AVX2-only CPUs bf16 autocast is ~10x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where the hardware has it, fp16 on older GPUs, else fp32 (None)."""
+    if setting == "off":
+        return None
+    if setting in ("fp16", "bf16"):
+        return torch.float16 if setting == "fp16" else torch.bfloat16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    """SGD with momentum; weight decay on weights only, not on a learned output scale."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 0]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim == 0]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: DictConfig) -> float:
+    """Linear warm-up over ``warmup_epochs``, then multistep or cosine decay (per step)."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
+    epoch = step // steps_per_epoch
+    return cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+    )
+
+
+def call_epoch_hooks(epoch: int, *objects: object) -> None:
+    """Tell every epoch-dependent part (loss, sampler, head) which epoch starts."""
+    for obj in objects:
+        hook = getattr(obj, "set_epoch", None)
+        if callable(hook):
+            hook(epoch)
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    """Everything a training run holds, built from one resolved config."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    model: LongTailClassifier
+    train_set: TensorImageSet
+    test_set: TensorImageSet
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    start_epoch: int = 0
+
+    @property
+    def train_counts(self) -> list[int]:
+        return self.train_set.class_counts()
+
+
+def build_run(cfg: DictConfig, run_dir: Path) -> Run:
+    """Data, model, loss and optimiser for a config; nothing is trained yet."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    train_set, test_set = build_datasets(cfg)
+    counts = train_set.class_counts()
+    model = build_model(cfg.model, train_set.num_classes, train_set.images.shape[1], counts)
+    memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory)
+    cl = cfg.train.channels_last
+    train_loader = BatchLoader(train_set, cfg.train.batch_size, True, cfg.train.seed, channels_last=cl)
+    test_loader = BatchLoader(test_set, max(256, cfg.train.batch_size), False, channels_last=cl)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} exceeds the {len(train_set)} training images"
+        )
+    optimizer = build_optimizer(model, cfg.train)
+    dtype = amp_dtype(cfg.train.amp, device)
+    return Run(
+        cfg=cfg, run_dir=run_dir, device=device, model=model, train_set=train_set,
+        test_set=test_set, train_loader=train_loader, test_loader=test_loader,
+        criterion=build_loss(cfg.loss, counts).to(device), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        dtype=dtype,
+    )
+
+
+def autocast(run: Run):
+    if run.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=run.dtype)
+
+
+def compute_loss(run: Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The head's loss: the criterion on its logits, plus its weighted auxiliary term if any."""
+    with autocast(run):
+        out = run.model(images, labels)
+    loss = run.criterion(out.logits, labels)
+    if out.aux_logits is not None and out.aux_weight:
+        loss = loss + out.aux_weight * run.criterion(out.aux_logits, labels)
+    return loss
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the training loader; stops at once if the loss stops being finite."""
+    run.model.train()
+    call_epoch_hooks(epoch, run.train_loader, run.criterion, run.model.head)
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(
+        run.train_loader, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", unit="batch",
+        disable=not run.cfg.train.progress, leave=False, dynamic_ncols=True,
+    )
+    for step, (images, labels) in enumerate(bar):
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
+        loss = compute_loss(run, images, labels)
+        if not torch.isfinite(loss):
+            kept = (f"the last good checkpoint (end of epoch {epoch}) is kept in {run.run_dir}"
+                    if epoch else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {kept}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        total_loss += loss.item() * len(labels)
+        seen += len(labels)
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.0f}")
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "images_per_s": seen / seconds, "epoch_s": seconds}
+
+
+@torch.no_grad()
+def predict(run_model: torch.nn.Module, loader: BatchLoader, device: torch.device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a whole evaluation loader."""
+    run_model.eval()
+    logits, labels = [], []
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    for images, y in loader:
+        with ctx:
+            logits.append(run_model(images.to(device)).logits.float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(run: Run) -> dict:
+    logits, labels = predict(run.model, run.test_loader, run.device, run.dtype)
+    return evaluate_predictions(logits, labels, run.train_counts)
+
+
+def rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [int(v) for v in np.random.get_state()[1]] + [int(np.random.get_state()[2])],
+        "python": list(random.getstate()[1]),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos = state["numpy"][:-1], state["numpy"][-1]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_state(run: Run, epoch: int) -> dict:
+    return {
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng_state(),
+        "config": to_yaml(run.cfg),
+        "classes": list(run.train_set.classes),
+        "train_counts": run.train_counts,
+        "camlt_version": __version__,
+    }
+
+
+def restore(run: Run, state: dict) -> None:
+    """Put a run back where a checkpoint left it."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.start_epoch = state["epoch"]
+
+
+# ----------------------------------------------------------------------------- entry points
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
+    """Create or re-open a run directory; refuse to silently overwrite or mix runs.
+
+    ``resume`` on a directory that holds no run yet starts one, so one command both starts
+    and continues a run (what ``make demo`` and the benchmark scripts rely on).
+    """
+    config_path = run_dir / CONFIG_FILE
+    if resume and config_path.is_file():
+        saved = from_yaml_file(config_path)
+        changed = [d for d in diff(saved, cfg) if not d.startswith(RESUME_FREE_KEYS)]
+        if changed:
+            raise CheckpointError(
+                f"--resume: the config differs from the one saved in {config_path}: " + "; ".join(changed)
+            )
+        return
+    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            "directory with train.run_dir=DIR"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train (or continue) the run in ``run_dir``; returns the final test metrics."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir, resume)
+    resume = resume and (run_dir / CONFIG_FILE).is_file()
+    with RunLock(run_dir):
+        if not resume:
+            atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
+        run = build_run(cfg, run_dir)
+        if resume and (run_dir / CHECKPOINT).exists():
+            restore(run, load_checkpoint(run_dir / CHECKPOINT))
+        truncate_jsonl(run_dir / METRICS_FILE, lambda r: r.get("epoch", 0) <= run.start_epoch)
+        return fit(run)
+
+
+def fit(run: Run) -> dict:
+    """Epochs from ``run.start_epoch``: train, evaluate, log a JSONL line, checkpoint."""
+    epochs = run.cfg.train.epochs
+    metrics: dict = {}
+    for epoch in range(run.start_epoch, epochs):
+        record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+        record.update(train_one_epoch(run, epoch))
+        last = epoch + 1 == epochs
+        if last or (epoch + 1) % run.cfg.train.eval_every == 0:
+            metrics = evaluate(run)
+            record["test"] = metrics
+        append_jsonl(run.run_dir / METRICS_FILE, record)
+        save_checkpoint(run.run_dir / CHECKPOINT, checkpoint_state(run, epoch + 1))
+        run.start_epoch = epoch + 1
+        summary = f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} {record['images_per_s']:.0f} img/s"
+        if "test" in record:
+            summary += f" | test top-1 {100 * metrics['overall']:.2f} tail {100 * (metrics['tail'] or 0):.2f}"
+        print(summary, flush=True)
+    if not metrics:  # resumed after the last epoch: evaluate the final model
+        metrics = evaluate(run)
+    final = {"metrics": metrics, "classes": run.train_set.classes, "train_counts": run.train_counts,
+             "epochs": epochs, "config": OmegaConf.to_container(run.cfg)}
+    atomic_write_json(run.run_dir / FINAL_FILE, final)
+    print(format_table(metrics, run.train_set.classes, run.train_counts), flush=True)
+    return metrics
+
+
+def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], Path]:
+    """Rebuild a run from its saved config and evaluate its checkpoint on the test split."""
+    path = Path(path)
+    run_dir, ckpt = (path, path / CHECKPOINT) if path.is_dir() else (path.parent, path)
+    state = load_checkpoint(ckpt)
+    config_file = run_dir / CONFIG_FILE
+    cfg = from_yaml_file(config_file) if config_file.is_file() else _config_from_state(state, ckpt)
+    run = build_run(cfg, run_dir)
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt}: weights do not fit the model of its config: {err}") from None
+    metrics = evaluate(run)
+    return metrics, run.train_set.classes, run.train_counts, run_dir
+
+
+def _config_from_state(state: dict, ckpt: Path) -> DictConfig:
+    """The config embedded in a checkpoint, for a checkpoint copied without its run directory."""
+    return merge(yaml.safe_load(state["config"]), f"{ckpt} (embedded config)")

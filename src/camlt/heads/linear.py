@@ -1,0 +1,18 @@
+"""GAP + linear classifier, the plain baseline head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from camlt.heads.base import HeadOutput
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_features, num_classes)
+
+    def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        f = fmap.mean(dim=(2, 3))
+        return HeadOutput(self.classifier(f.float()), features=f)

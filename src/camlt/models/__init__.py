@@ -1,0 +1,33 @@
+"""Backbones (feature maps) and the classifier that joins a backbone to a head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from camlt.heads import HeadOutput, build_head
+from camlt.models import cifar_resnet, torchvision_backbones  # noqa: F401  (registration)
+from camlt.models.registry import create_backbone, list_backbones, register_backbone
+
+__all__ = ["LongTailClassifier", "build_model", "create_backbone", "list_backbones", "register_backbone"]
+
+
+class LongTailClassifier(nn.Module):
+    """Backbone feature map -> head; ``forward`` returns a HeadOutput."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        return self.head(self.backbone(images), targets)
+
+
+def build_model(model_cfg: DictConfig, num_classes: int, in_channels: int, class_counts: Sequence[int]) -> LongTailClassifier:
+    backbone = create_backbone(model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained)
+    head = build_head(backbone.out_channels, num_classes, model_cfg, class_counts)
+    return LongTailClassifier(backbone, head)

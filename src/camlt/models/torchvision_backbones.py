@@ -1,0 +1,56 @@
+"""torchvision ResNet / ResNeXt backbones cut before global pooling, so a head sees the map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from camlt.models.registry import register_backbone
+
+TORCHVISION_NAMES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2",
+)
+
+
+class TorchvisionFeatures(nn.Module):
+    """Everything of a torchvision ResNet up to layer4; output (B, C, H/32, W/32)."""
+
+    def __init__(self, name: str, in_channels: int = 3, pretrained: str | None = None) -> None:
+        super().__init__()
+        net = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            load_pretrained(net, pretrained)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        self.out_channels = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def load_pretrained(net: nn.Module, path: str) -> None:
+    """Load user-supplied ImageNet weights (a state dict file), ignoring the old classifier."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"model.pretrained={path}: no such file. Download the torchvision ImageNet weights "
+            "for this backbone on a machine with internet and pass the .pth file's path."
+        )
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{file}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+for _name in TORCHVISION_NAMES:
+    register_backbone(_name)(lambda name=_name, **kw: TorchvisionFeatures(name, **kw))

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from camlt import engine
+from camlt.checkpoint import CheckpointError, load_checkpoint, read_jsonl
+from camlt.heads import NormalizedClassifier
+
+
+def test_normalized_logits_stay_within_scale():
+    clf = NormalizedClassifier(16, 7, scale=8.0)
+    with torch.no_grad():
+        clf.weight.mul_(torch.logspace(-3, 3, 7)[:, None])  # wildly different norms
+    z = clf(torch.randn(64, 16) * 100)
+    assert z.abs().max() <= 8.0 + 1e-4
+
+
+def test_train_eval_and_resume_equal_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
+    full = engine.train(tiny_cfg(f"train.run_dir={tmp_path / 'full'}"), tmp_path / "full")
+    records = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and "test" in records[-1]
+    assert set(full) >= {"overall", "many", "medium", "few", "head", "middle", "tail", "ece", "per_class"}
+
+    cfg = tiny_cfg(f"train.run_dir={tmp_path / 'killed'}")
+    real_save = engine.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "killed")
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    resumed = engine.train(cfg, tmp_path / "killed", resume=True)
+
+    assert resumed == full
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [1, 2]
+
+    evaluated, classes, counts, _ = engine.evaluate_checkpoint(tmp_path / "full")
+    assert evaluated == full and len(classes) == 10 and counts[1] == 30
+    saved = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
+    assert saved["metrics"]["overall"] == full["overall"]
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_the_config(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("train.epochs=1")
+    engine.train(cfg, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="--resume"):
+        engine.train(cfg, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="train.lr"):
+        engine.train(tiny_cfg("train.epochs=1", "train.lr=0.5"), tmp_path / "run", resume=True)
+
+
+def test_nan_loss_stops_with_epoch_and_step(tiny_cfg, tmp_path):
+    with pytest.raises(engine.TrainingDiverged, match=r"epoch 1, step 2: loss is nan; no checkpoint"):
+        engine.train(tiny_cfg("train.lr=nan"), tmp_path / "run")
+
+
+def test_lr_schedule_warmup_then_steps(tiny_cfg):
+    cfg = tiny_cfg("train.warmup_epochs=2", "train.milestones=[3,4]", "train.epochs=5").train
+    factors = [engine.lr_factor(step, 10, cfg) for step in range(0, 50, 5)]
+    assert factors[:4] == [0.05, 0.3, 0.55, 0.8]
+    assert factors[4:] == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.01)]
