@@ -28,7 +28,10 @@ def make_images(n: int, shape: tuple[int, ...], labels: np.ndarray, seed: int) -
 def write_fmnist(root: Path, per_class_train: int = 30, per_class_test: int = 8) -> Path:
     """Fashion-MNIST's four IDX .gz files (as in the Debian package) in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
-    for split, per_class, prefix in (("train", per_class_train, "train"), ("test", per_class_test, "t10k")):
+    for split, per_class, prefix in (
+        ("train", per_class_train, "train"),
+        ("test", per_class_test, "t10k"),
+    ):
         labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
         np.random.default_rng(1).shuffle(labels)
         images = make_images(len(labels), (28, 28), labels, seed=2 if split == "train" else 3)
@@ -37,7 +40,9 @@ def write_fmnist(root: Path, per_class_train: int = 30, per_class_test: int = 8)
     return root
 
 
-def write_cifar(root: Path, num_classes: int = 10, per_class_train: int = 12, per_class_test: int = 3) -> Path:
+def write_cifar(
+    root: Path, num_classes: int = 10, per_class_train: int = 12, per_class_test: int = 3
+) -> Path:
     """CIFAR "python version" pickles exactly as torchvision downloads them."""
     if num_classes == 10:
         folder = root / "cifar-10-batches-py"
@@ -45,20 +50,40 @@ def write_cifar(root: Path, num_classes: int = 10, per_class_train: int = 12, pe
         labels = np.tile(np.arange(10), per_class_train)
         data = make_images(len(labels), (3072,), labels, seed=4)
         for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), 1):
-            _dump(folder / f"data_batch_{i}", {b"batch_label": b"training batch", b"labels": labels[part].tolist(),
-                                                 b"data": data[part], b"filenames": [b"x.png"] * len(part)})
+            _dump(
+                folder / f"data_batch_{i}",
+                {
+                    b"batch_label": b"training batch",
+                    b"labels": labels[part].tolist(),
+                    b"data": data[part],
+                    b"filenames": [b"x.png"] * len(part),
+                },
+            )
         test_labels = np.tile(np.arange(10), per_class_test)
-        _dump(folder / "test_batch", {b"labels": test_labels.tolist(),
-                                      b"data": make_images(len(test_labels), (3072,), test_labels, 5)})
-        _dump(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)],
-                                        b"num_vis": 3072})
+        _dump(
+            folder / "test_batch",
+            {
+                b"labels": test_labels.tolist(),
+                b"data": make_images(len(test_labels), (3072,), test_labels, 5),
+            },
+        )
+        _dump(
+            folder / "batches.meta",
+            {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072},
+        )
     else:
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True)
         for split, per_class in (("train", per_class_train), ("test", per_class_test)):
             labels = np.tile(np.arange(100), per_class)
-            _dump(folder / split, {b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
-                                   b"data": make_images(len(labels), (3072,), labels % 10, 6)})
+            _dump(
+                folder / split,
+                {
+                    b"fine_labels": labels.tolist(),
+                    b"coarse_labels": (labels // 5).tolist(),
+                    b"data": make_images(len(labels), (3072,), labels % 10, 6),
+                },
+            )
         _dump(folder / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
     return folder
 
@@ -76,16 +101,27 @@ def fmnist_root(tmp_path: Path) -> Path:
 def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
     """A config small enough to train in seconds on generated data."""
     return [
-        f"data.root={root}", "data.n_max=30", "data.imbalance=10", "model.backbone=resnet8",
-        "train.epochs=2", "train.batch_size=16", "train.warmup_epochs=1", "train.milestones=[1]",
-        "train.progress=false", f"train.run_dir={run_dir}", "train.threads=1",
+        f"data.root={root}",
+        "data.n_max=30",
+        "data.imbalance=10",
+        "model.backbone=resnet8",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.warmup_epochs=1",
+        "train.milestones=[1]",
+        "train.progress=false",
+        f"train.run_dir={run_dir}",
+        "train.threads=1",
     ]
 
 
 @pytest.fixture
 def tiny_cfg(fmnist_root: Path, tmp_path: Path):
     def make(*extra: str):
-        return load_config(ROOT / "configs" / "fmnist_lt.yaml", tiny_overrides(fmnist_root, tmp_path / "run") + list(extra))
+        return load_config(
+            ROOT / "configs" / "fmnist_lt.yaml",
+            tiny_overrides(fmnist_root, tmp_path / "run") + list(extra),
+        )
 
     return make
 

@@ -16,8 +16,13 @@ def test_crop_flip_equals_per_image_reference():
 
 
 def test_loader_is_a_function_of_seed_and_epoch():
-    data = TensorImageSet(torch.randint(0, 255, (50, 1, 8, 8), dtype=torch.uint8),
-                          torch.arange(50) % 5, [str(i) for i in range(5)], (0.5,), (0.25,))
+    data = TensorImageSet(
+        torch.randint(0, 255, (50, 1, 8, 8), dtype=torch.uint8),
+        torch.arange(50) % 5,
+        [str(i) for i in range(5)],
+        (0.5,),
+        (0.25,),
+    )
     a = BatchLoader(data, 8, train=True, seed=1, pad=2)
     b = BatchLoader(data, 8, train=True, seed=1, pad=2)
     a.set_epoch(3)
@@ -30,7 +35,12 @@ def test_loader_is_a_function_of_seed_and_epoch():
 
 
 def test_eval_loader_keeps_every_image_in_order():
-    data = TensorImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), list("abcdefghij"),
-                          (0.0,), (1.0,))
+    data = TensorImageSet(
+        torch.zeros(10, 1, 4, 4, dtype=torch.uint8),
+        torch.arange(10),
+        list("abcdefghij"),
+        (0.0,),
+        (1.0,),
+    )
     labels = torch.cat([y for _, y in BatchLoader(data, 4, train=False)])
     assert labels.tolist() == list(range(10))

@@ -20,7 +20,17 @@ def test_train_eval_and_resume_equal_an_uninterrupted_run(tiny_cfg, tmp_path, mo
     full = engine.train(tiny_cfg(f"train.run_dir={tmp_path / 'full'}"), tmp_path / "full")
     records = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2] and "test" in records[-1]
-    assert set(full) >= {"overall", "many", "medium", "few", "head", "middle", "tail", "ece", "per_class"}
+    assert set(full) >= {
+        "overall",
+        "many",
+        "medium",
+        "few",
+        "head",
+        "middle",
+        "tail",
+        "ece",
+        "per_class",
+    }
 
     cfg = tiny_cfg(f"train.run_dir={tmp_path / 'killed'}")
     real_save = engine.save_checkpoint
@@ -58,7 +68,9 @@ def test_existing_run_is_not_overwritten_and_resume_checks_the_config(tiny_cfg, 
 
 
 def test_nan_loss_stops_with_epoch_and_step(tiny_cfg, tmp_path):
-    with pytest.raises(engine.TrainingDiverged, match=r"epoch 1, step 2: loss is nan; no checkpoint"):
+    with pytest.raises(
+        engine.TrainingDiverged, match=r"epoch 1, step 2: loss is nan; no checkpoint"
+    ):
         engine.train(tiny_cfg("train.lr=nan"), tmp_path / "run")
 
 
@@ -66,4 +78,11 @@ def test_lr_schedule_warmup_then_steps(tiny_cfg):
     cfg = tiny_cfg("train.warmup_epochs=2", "train.milestones=[3,4]", "train.epochs=5").train
     factors = [engine.lr_factor(step, 10, cfg) for step in range(0, 50, 5)]
     assert factors[:4] == [0.05, 0.3, 0.55, 0.8]
-    assert factors[4:] == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01), pytest.approx(0.01)]
+    assert factors[4:] == [
+        1.0,
+        1.0,
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+        pytest.approx(0.01),
+        pytest.approx(0.01),
+    ]

@@ -45,7 +45,9 @@ def test_ece_bin_edges_are_right_closed():
 
 def test_evaluate_predictions_groups():
     counts = [300, 50, 10]
-    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0], [0, 0, 5.0]])
+    logits = torch.tensor(
+        [[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0], [0, 0, 5.0]]
+    )
     targets = torch.tensor([0, 0, 1, 1, 2, 1])
     m = evaluate_predictions(logits, targets, counts)
     assert m["overall"] == pytest.approx(4 / 6)

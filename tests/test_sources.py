@@ -5,11 +5,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, write_cifar, write_fmnist
 
 from camlt.config import load_config
 from camlt.data import build_datasets
-from camlt.data.sources import DataError, load_cifar, load_fmnist, read_cifar_pickle, read_idx, write_idx
-from conftest import ROOT, write_cifar, write_fmnist
+from camlt.data.sources import (
+    DataError,
+    load_cifar,
+    load_fmnist,
+    read_cifar_pickle,
+    read_idx,
+    write_idx,
+)
 
 
 def test_idx_round_trip(tmp_path):
@@ -53,7 +60,11 @@ def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkey
     with pytest.raises(DataError) as err:
         load_fmnist(str(tmp_path / "empty"))
     text = str(err.value)
-    assert "empty" in text and "apt-get install dataset-fashion-mnist" in text and "data.download" in text
+    assert (
+        "empty" in text
+        and "apt-get install dataset-fashion-mnist" in text
+        and "data.download" in text
+    )
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -70,7 +81,10 @@ def test_cifar_pixels_are_in_channel_row_column_order(tmp_path):
     batch = read_cifar_pickle(folder / "data_batch_1")
     splits, _ = load_cifar(10, str(tmp_path))
     first = splits["train"].images[0]
-    assert first[1, 0, 0] == batch[b"data"][0, 1024] and first[0, 2, 5] == batch[b"data"][0, 2 * 32 + 5]
+    assert (
+        first[1, 0, 0] == batch[b"data"][0, 1024]
+        and first[0, 2, 5] == batch[b"data"][0, 2 * 32 + 5]
+    )
 
 
 def test_cifar_pickle_with_code_is_refused(tmp_path):
@@ -88,7 +102,10 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
 
 def test_cifar_lt_split_from_config(tmp_path):
     write_cifar(tmp_path, 10)
-    cfg = load_config(ROOT / "configs" / "cifar10_lt.yaml", [f"data.root={tmp_path}", "data.n_max=12", "data.imbalance=10"])
+    cfg = load_config(
+        ROOT / "configs" / "cifar10_lt.yaml",
+        [f"data.root={tmp_path}", "data.n_max=12", "data.imbalance=10"],
+    )
     train, test = build_datasets(cfg)
     assert train.class_counts() == [int(12 * 10 ** (-i / 9)) for i in range(10)]
     assert len(test) == 30 and train.images.dtype == torch.uint8
@@ -99,18 +116,24 @@ def test_fmnist_hard_order_and_ceiling(fmnist_root):
     hard, _ = build_datasets(load_config(ROOT / "configs" / "fmnist_lt.yaml", base))
     counts = hard.class_counts()
     assert counts[1] == 30 and counts[6] == 3 and hard.images.shape[-1] == 32
-    full, _ = build_datasets(load_config(ROOT / "configs" / "fmnist_lt.yaml", [*base, "data.balanced=true"]))
+    full, _ = build_datasets(
+        load_config(ROOT / "configs" / "fmnist_lt.yaml", [*base, "data.balanced=true"])
+    )
     assert full.class_counts() == [30] * 10
 
 
 def test_more_images_than_the_data_has_is_refused(fmnist_root):
-    cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml", [f"data.root={fmnist_root}", "data.n_max=31"])
+    cfg = load_config(
+        ROOT / "configs" / "fmnist_lt.yaml", [f"data.root={fmnist_root}", "data.n_max=31"]
+    )
     with pytest.raises(DataError, match="has 30 training images"):
         build_datasets(cfg)
 
 
 def test_profile_that_empties_a_class_is_refused(fmnist_root):
-    cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml",
-                      [f"data.root={fmnist_root}", "data.n_max=30", "data.imbalance=100"])
+    cfg = load_config(
+        ROOT / "configs" / "fmnist_lt.yaml",
+        [f"data.root={fmnist_root}", "data.n_max=30", "data.imbalance=100"],
+    )
     with pytest.raises(DataError, match="would keep no image"):
         build_datasets(cfg)

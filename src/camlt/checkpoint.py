@@ -101,7 +101,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number != len(lines):
-                raise ValueError(f"{path}:{number}: corrupt JSON line in the middle of the file") from None
+                raise ValueError(
+                    f"{path}:{number}: corrupt JSON line in the middle of the file"
+                ) from None
     return records
 
 

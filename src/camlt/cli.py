@@ -13,7 +13,14 @@ from camlt.checkpoint import CheckpointError, atomic_write_json
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
 from camlt.data import DataError
 
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError, RuntimeError)
+EXPECTED_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    ValueError,
+    FileNotFoundError,
+    RuntimeError,
+)
 
 
 def _resolve_train_target(target: str, overrides: list[str]):
@@ -76,9 +83,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"{stats['dataset']}: {stats['num_images']} training images in {stats['num_classes']} classes "
-          f"(test {stats['num_test_images']}), imbalance {stats['imbalance_factor']:.1f}, "
-          f"split seed {stats['split_seed']}")
+    print(
+        f"{stats['dataset']}: {stats['num_images']} training images in {stats['num_classes']} classes "
+        f"(test {stats['num_test_images']}), imbalance {stats['imbalance_factor']:.1f}, "
+        f"split seed {stats['split_seed']}"
+    )
     print(f"shot groups: many {stats['many']}, medium {stats['medium']}, few {stats['few']}")
     for name, n in zip(stats["classes"], stats["counts"], strict=True):
         print(f"  {name:<20} {n:>7}")
@@ -92,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML recipe with dotted overrides")
     p.add_argument("config", help="recipe file (configs/*.yaml) or a run directory to resume")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=30 data.imbalance=50")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run from its last checkpoint"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on the test split")
@@ -100,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the metrics JSON (default RUN_DIR/eval.json)")
     p.set_defaults(func=cmd_eval)
 
-    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(
+        dest="data_command", required=True
+    )
     p = data.add_parser("stats", help="class counts and shot groups of a config's training set")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")

@@ -114,7 +114,9 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     if not valid or not isinstance(node, DictConfig):
         valid = _valid_keys(schema)
     reason = str(err).splitlines()[0]
-    return ConfigError(f"{source}: bad config key '{key}': {reason}. Valid keys: {', '.join(valid)}")
+    return ConfigError(
+        f"{source}: bad config key '{key}': {reason}. Valid keys: {', '.join(valid)}"
+    )
 
 
 def _read_yaml(path: Path) -> dict:

@@ -42,7 +42,13 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 FINAL_FILE = "final_metrics.json"
 # Keys that may differ on --resume without changing the result.
-RESUME_FREE_KEYS = ("train.progress", "train.threads", "train.run_dir", "train.out_dir", "train.device")
+RESUME_FREE_KEYS = (
+    "train.progress",
+    "train.threads",
+    "train.run_dir",
+    "train.out_dir",
+    "train.device",
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,7 +166,9 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory)
     cl = cfg.train.channels_last
-    train_loader = BatchLoader(train_set, cfg.train.batch_size, True, cfg.train.seed, channels_last=cl)
+    train_loader = BatchLoader(
+        train_set, cfg.train.batch_size, True, cfg.train.seed, channels_last=cl
+    )
     test_loader = BatchLoader(test_set, max(256, cfg.train.batch_size), False, channels_last=cl)
     if len(train_loader) == 0:
         raise ValueError(
@@ -169,9 +177,16 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     optimizer = build_optimizer(model, cfg.train)
     dtype = amp_dtype(cfg.train.amp, device)
     return Run(
-        cfg=cfg, run_dir=run_dir, device=device, model=model, train_set=train_set,
-        test_set=test_set, train_loader=train_loader, test_loader=test_loader,
-        criterion=build_loss(cfg.loss, counts).to(device), optimizer=optimizer,
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        model=model,
+        train_set=train_set,
+        test_set=test_set,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        criterion=build_loss(cfg.loss, counts).to(device),
+        optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
@@ -200,16 +215,25 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     call_epoch_hooks(epoch, run.train_loader, run.criterion, run.model.head)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(
-        run.train_loader, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", unit="batch",
-        disable=not run.cfg.train.progress, leave=False, dynamic_ncols=True,
+        run.train_loader,
+        desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
+        unit="batch",
+        disable=not run.cfg.train.progress,
+        leave=False,
+        dynamic_ncols=True,
     )
     for step, (images, labels) in enumerate(bar):
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
         loss = compute_loss(run, images, labels)
         if not torch.isfinite(loss):
-            kept = (f"the last good checkpoint (end of epoch {epoch}) is kept in {run.run_dir}"
-                    if epoch else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {kept}")
+            kept = (
+                f"the last good checkpoint (end of epoch {epoch}) is kept in {run.run_dir}"
+                if epoch
+                else "no checkpoint had been written yet"
+            )
+            raise TrainingDiverged(
+                f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {kept}"
+            )
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -224,7 +248,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def predict(run_model: torch.nn.Module, loader: BatchLoader, device: torch.device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    run_model: torch.nn.Module, loader: BatchLoader, device: torch.device, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of a whole evaluation loader."""
     run_model.eval()
     logits, labels = [], []
@@ -297,7 +323,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
         changed = [d for d in diff(saved, cfg) if not d.startswith(RESUME_FREE_KEYS)]
         if changed:
             raise CheckpointError(
-                f"--resume: the config differs from the one saved in {config_path}: " + "; ".join(changed)
+                f"--resume: the config differs from the one saved in {config_path}: "
+                + "; ".join(changed)
             )
         return
     if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS_FILE).exists():
@@ -343,8 +370,13 @@ def fit(run: Run) -> dict:
         print(summary, flush=True)
     if not metrics:  # resumed after the last epoch: evaluate the final model
         metrics = evaluate(run)
-    final = {"metrics": metrics, "classes": run.train_set.classes, "train_counts": run.train_counts,
-             "epochs": epochs, "config": OmegaConf.to_container(run.cfg)}
+    final = {
+        "metrics": metrics,
+        "classes": run.train_set.classes,
+        "train_counts": run.train_counts,
+        "epochs": epochs,
+        "config": OmegaConf.to_container(run.cfg),
+    }
     atomic_write_json(run.run_dir / FINAL_FILE, final)
     print(format_table(metrics, run.train_set.classes, run.train_counts), flush=True)
     return metrics
@@ -361,7 +393,9 @@ def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], P
     try:
         run.model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"{ckpt}: weights do not fit the model of its config: {err}") from None
+        raise CheckpointError(
+            f"{ckpt}: weights do not fit the model of its config: {err}"
+        ) from None
     metrics = evaluate(run)
     return metrics, run.train_set.classes, run.train_counts, run_dir
 

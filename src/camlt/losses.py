@@ -25,5 +25,7 @@ LOSSES: dict[str, LossFactory] = {
 def build_loss(loss_cfg: DictConfig, class_counts: Sequence[int]) -> nn.Module:
     """The loss ``loss_cfg.name`` names; class counts serve the re-weighting losses."""
     if loss_cfg.name not in LOSSES:
-        raise ValueError(f"loss.name='{loss_cfg.name}': unknown; expected one of {', '.join(LOSSES)}")
+        raise ValueError(
+            f"loss.name='{loss_cfg.name}': unknown; expected one of {', '.join(LOSSES)}"
+        )
     return LOSSES[loss_cfg.name](loss_cfg, class_counts)

@@ -11,7 +11,9 @@ FEW_BELOW = 20  # few-shot: fewer than 20
 ECE_BINS = 15
 
 
-def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float | None]:
+def per_class_accuracy(
+    preds: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> list[float | None]:
     """Top-1 accuracy of each class; None for a class absent from the evaluation set."""
     total = torch.bincount(targets, minlength=num_classes)
     right = torch.bincount(targets[preds == targets], minlength=num_classes)
@@ -31,7 +33,11 @@ def frequency_thirds(train_counts: Sequence[int]) -> dict[str, list[int]]:
     """Head = the round(C/3) most frequent classes, tail = the round(C/3) rarest, middle = the rest."""
     order = sorted(range(len(train_counts)), key=lambda c: (-train_counts[c], c))
     third = round(len(order) / 3)
-    return {"head": order[:third], "middle": order[third : len(order) - third], "tail": order[len(order) - third :]}
+    return {
+        "head": order[:third],
+        "middle": order[third : len(order) - third],
+        "tail": order[len(order) - third :],
+    }
 
 
 def group_mean(per_class: Sequence[float | None], classes: Sequence[int]) -> float | None:
@@ -40,7 +46,9 @@ def group_mean(per_class: Sequence[float | None], classes: Sequence[int]) -> flo
     return sum(values) / len(values) if values else None
 
 
-def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    confidences: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> float:
     """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| * share."""
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     conf = confidences.double()
@@ -63,7 +71,10 @@ def evaluate_predictions(
     probs = logits.float().softmax(dim=1)
     conf, preds = probs.max(dim=1)
     per_class = per_class_accuracy(preds, targets, num_classes)
-    metrics: dict = {"overall": (preds == targets).double().mean().item(), "num_samples": len(targets)}
+    metrics: dict = {
+        "overall": (preds == targets).double().mean().item(),
+        "num_samples": len(targets),
+    }
     for name, members in {**shot_groups(train_counts), **frequency_thirds(train_counts)}.items():
         metrics[name] = group_mean(per_class, members)
         metrics[f"{name}_classes"] = len(members)
@@ -75,7 +86,9 @@ def evaluate_predictions(
 GROUP_COLUMNS = ("overall", "many", "medium", "few", "head", "middle", "tail", "ece")
 
 
-def format_table(metrics: dict, classes: Sequence[str] | None = None, train_counts: Sequence[int] | None = None) -> str:
+def format_table(
+    metrics: dict, classes: Sequence[str] | None = None, train_counts: Sequence[int] | None = None
+) -> str:
     """A plain-text table of the headline metrics, then per-class accuracy."""
     lines = ["metric    value   classes"]
     for key in GROUP_COLUMNS:

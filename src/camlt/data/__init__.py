@@ -13,8 +13,16 @@ from camlt.data.sources import FMNIST_CLASSES, ArraySplit, DataError, load_cifar
 from camlt.data.tensors import BatchLoader, TensorImageSet, random_crop_flip
 
 __all__ = [
-    "BatchLoader", "DataError", "DatasetSpec", "TensorImageSet", "build_datasets",
-    "counts_for_order", "profile_counts", "random_crop_flip", "select_indices", "DATASETS",
+    "BatchLoader",
+    "DataError",
+    "DatasetSpec",
+    "TensorImageSet",
+    "build_datasets",
+    "counts_for_order",
+    "profile_counts",
+    "random_crop_flip",
+    "select_indices",
+    "DATASETS",
 ]
 
 # Fashion-MNIST-LT hard order: rank r of the profile holds original class HARD_ORDER[r].
@@ -41,7 +49,9 @@ DATASETS = {
 def _load_raw(cfg: DictConfig) -> tuple[dict[str, ArraySplit], list[str], DatasetSpec]:
     name = cfg.data.name
     if name not in DATASETS:
-        raise DataError(f"data.name='{name}': unknown dataset; expected one of {', '.join(DATASETS)}")
+        raise DataError(
+            f"data.name='{name}': unknown dataset; expected one of {', '.join(DATASETS)}"
+        )
     spec = DATASETS[name]
     if name == "fmnist_lt":
         splits = load_fmnist(cfg.data.root, cfg.data.download)
@@ -105,5 +115,8 @@ def _to_tensors(images, labels, classes, spec, meta) -> TensorImageSet:
     return TensorImageSet(
         torch.from_numpy(np.ascontiguousarray(images)),
         torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-        classes, spec.mean, spec.std, meta,
+        classes,
+        spec.mean,
+        spec.std,
+        meta,
     )

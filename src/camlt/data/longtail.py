@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def profile_counts(num_classes: int, n_max: int, imbalance: float, profile: str = "exp") -> list[int]:
+def profile_counts(
+    num_classes: int, n_max: int, imbalance: float, profile: str = "exp"
+) -> list[int]:
     """Images kept per rank: ``int(n_max * IF ** (-i / (C - 1)))`` or the two-level step."""
     if imbalance < 1:
         raise ValueError(f"imbalance factor {imbalance} is below 1 (it is n_max / n_min)")
@@ -23,9 +25,7 @@ def profile_counts(num_classes: int, n_max: int, imbalance: float, profile: str 
     raise ValueError(f"unknown long-tail profile '{profile}': expected exp or step")
 
 
-def select_indices(
-    labels: np.ndarray, counts_by_class: Sequence[int], seed: int = 0
-) -> np.ndarray:
+def select_indices(labels: np.ndarray, counts_by_class: Sequence[int], seed: int = 0) -> np.ndarray:
     """The first n_c images of each class c after one seeded shuffle per class, in class order.
 
     A single generator seeded with ``seed`` shuffles class 0's indices, then class 1's, and so

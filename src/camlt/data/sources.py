@@ -31,8 +31,16 @@ class ArraySplit:
 
 
 FMNIST_CLASSES = [
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -66,13 +74,19 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: IDX header says {shape} ({expected} bytes) but {len(raw) - header} follow"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an IDX .gz file (used by tests and by users converting their own data)."""
     codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.tobytes())
 
@@ -137,8 +151,14 @@ def _download_fmnist(root: str) -> dict[str, ArraySplit]:
 
 # ----------------------------------------------------------------------------- CIFAR
 _CIFAR_LAYOUT = {
-    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-         "batches.meta", b"labels", b"label_names"),
+    10: (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
     100: ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
 }
 _SAFE_GLOBALS = {
@@ -184,13 +204,17 @@ def _cifar_batches(directory: Path, names: list[str], label_key: bytes) -> Array
             raise DataError(f"{path}: missing key 'data' or '{label_key.decode()}'")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch[label_key]):
-            raise DataError(f"{path}: expected N x 3072 uint8 images and N labels, got {data.shape}")
+            raise DataError(
+                f"{path}: expected N x 3072 uint8 images and N labels, got {data.shape}"
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
     return ArraySplit(np.concatenate(images), np.concatenate(labels))
 
 
-def load_cifar(num_classes: int, root: str | None, download: bool = False) -> tuple[dict[str, ArraySplit], list[str]]:
+def load_cifar(
+    num_classes: int, root: str | None, download: bool = False
+) -> tuple[dict[str, ArraySplit], list[str]]:
     """CIFAR-10 or CIFAR-100 train and test splits and class names."""
     folder, train_names, test_names, meta_name, label_key, names_key = _CIFAR_LAYOUT[num_classes]
     bases = [Path(root).expanduser()] if root else []
@@ -201,7 +225,9 @@ def load_cifar(num_classes: int, root: str | None, download: bool = False) -> tu
         directory = base / folder if (base / folder).is_dir() else base
         if (directory / meta_name).is_file() and (directory / train_names[0]).is_file():
             meta = read_cifar_pickle(directory / meta_name)
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])]
+            classes = [
+                n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])
+            ]
             splits = {
                 "train": _cifar_batches(directory, train_names, label_key),
                 "test": _cifar_batches(directory, test_names, label_key),

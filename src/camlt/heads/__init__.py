@@ -11,7 +11,14 @@ from camlt.heads.base import HeadOutput
 from camlt.heads.linear import LinearHead
 from camlt.heads.normalized import NormalizedClassifier, NormalizedHead
 
-__all__ = ["HEADS", "HeadOutput", "LinearHead", "NormalizedClassifier", "NormalizedHead", "build_head"]
+__all__ = [
+    "HEADS",
+    "HeadOutput",
+    "LinearHead",
+    "NormalizedClassifier",
+    "NormalizedHead",
+    "build_head",
+]
 
 HeadFactory = Callable[[int, int, DictConfig, Sequence[int]], nn.Module]
 
@@ -21,8 +28,12 @@ HEADS: dict[str, HeadFactory] = {
 }
 
 
-def build_head(in_features: int, num_classes: int, model_cfg: DictConfig, class_counts: Sequence[int]) -> nn.Module:
+def build_head(
+    in_features: int, num_classes: int, model_cfg: DictConfig, class_counts: Sequence[int]
+) -> nn.Module:
     """The head ``model_cfg.head`` names; class counts serve heads that use the training prior."""
     if model_cfg.head not in HEADS:
-        raise ValueError(f"model.head='{model_cfg.head}': unknown; expected one of {', '.join(HEADS)}")
+        raise ValueError(
+            f"model.head='{model_cfg.head}': unknown; expected one of {', '.join(HEADS)}"
+        )
     return HEADS[model_cfg.head](in_features, num_classes, model_cfg, class_counts)

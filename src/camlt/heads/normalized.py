@@ -14,7 +14,9 @@ from camlt.heads.base import HeadOutput
 class NormalizedClassifier(nn.Module):
     """Cosine classifier with output scale ``s``, fixed or learned in log space."""
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0, learn_scale: bool = False) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, scale: float = 16.0, learn_scale: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -42,7 +44,9 @@ class NormalizedClassifier(nn.Module):
 class NormalizedHead(nn.Module):
     """GAP + normalized classifier."""
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0, learn_scale: bool = False) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, scale: float = 16.0, learn_scale: bool = False
+    ) -> None:
         super().__init__()
         self.classifier = NormalizedClassifier(in_features, num_classes, scale, learn_scale)
 

@@ -12,7 +12,13 @@ from camlt.heads import HeadOutput, build_head
 from camlt.models import cifar_resnet, torchvision_backbones  # noqa: F401  (registration)
 from camlt.models.registry import create_backbone, list_backbones, register_backbone
 
-__all__ = ["LongTailClassifier", "build_model", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "LongTailClassifier",
+    "build_model",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]
 
 
 class LongTailClassifier(nn.Module):
@@ -27,7 +33,11 @@ class LongTailClassifier(nn.Module):
         return self.head(self.backbone(images), targets)
 
 
-def build_model(model_cfg: DictConfig, num_classes: int, in_channels: int, class_counts: Sequence[int]) -> LongTailClassifier:
-    backbone = create_backbone(model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained)
+def build_model(
+    model_cfg: DictConfig, num_classes: int, in_channels: int, class_counts: Sequence[int]
+) -> LongTailClassifier:
+    backbone = create_backbone(
+        model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained
+    )
     head = build_head(backbone.out_channels, num_classes, model_cfg, class_counts)
     return LongTailClassifier(backbone, head)

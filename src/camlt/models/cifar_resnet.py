@@ -38,7 +38,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Returns the last feature map (B, 64, 8, 8) for 32x32 inputs."""
 
-    def __init__(self, depth: int, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(
+        self, depth: int, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64)
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

@@ -32,5 +32,7 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
 
         return TimmFeatures(name.removeprefix("timm/"), **kwargs)
     if name not in _BACKBONES:
-        raise ValueError(f"model.backbone='{name}': unknown; expected one of {', '.join(list_backbones())}")
+        raise ValueError(
+            f"model.backbone='{name}': unknown; expected one of {', '.join(list_backbones())}"
+        )
     return _BACKBONES[name](**kwargs)

@@ -17,13 +17,19 @@ class TimmFeatures(nn.Module):
             raise ImportError("timm backbones need timm: pip install 'camlt[timm]'") from None
         kwargs = {"pretrained_cfg_overlay": {"file": pretrained}} if pretrained else {}
         self.net = timm.create_model(
-            name, pretrained=bool(pretrained), num_classes=0, global_pool="",
-            in_chans=in_channels, **kwargs,
+            name,
+            pretrained=bool(pretrained),
+            num_classes=0,
+            global_pool="",
+            in_chans=in_channels,
+            **kwargs,
         )
         self.out_channels = self.net.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.net.forward_features(x)
         if features.dim() != 4:
-            raise ValueError(f"timm model returns {features.dim()}-d features; CAMC needs a CNN map")
+            raise ValueError(
+                f"timm model returns {features.dim()}-d features; CAMC needs a CNN map"
+            )
         return features

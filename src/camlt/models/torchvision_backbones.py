@@ -11,8 +11,14 @@ from torch import nn
 from camlt.models.registry import register_backbone
 
 TORCHVISION_NAMES = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
 )
 
 
@@ -27,7 +33,14 @@ class TorchvisionFeatures(nn.Module):
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.body = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+            net.conv1,
+            net.bn1,
+            net.relu,
+            net.maxpool,
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
         )
         self.out_channels = net.fc.in_features
 
@@ -49,7 +62,9 @@ def load_pretrained(net: nn.Module, path: str) -> None:
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"{file}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{file}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 for _name in TORCHVISION_NAMES:

@@ -1,0 +1,201 @@
+"""Shared runner for the results tables: train each (row, seed) once, keep it, render markdown.
+
+A table is a list of rows (a recipe plus overrides) and a list of seeds. Each finished
+(row, seed) is stored in ``benchmarks/results/<table>.json`` (written atomically) and skipped
+when the script runs again, so a long table fills over several sittings or on a lent GPU; a
+killed run resumes from its last checkpoint. ``render`` writes ``<table>.md`` and replaces the
+block between ``<!-- table:<name> -->`` markers in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from camlt.checkpoint import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+COLUMNS = ("overall", "many", "medium", "few", "head", "middle", "tail", "ece")
+
+
+@dataclass
+class Row:
+    """One line of a table: a recipe, its overrides, and the seeds it needs."""
+
+    name: str  # no "/" (it names the run directory)
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    seeds: tuple[int, ...] | None = None  # None: the table's seeds
+
+
+def machine() -> str:
+    """The device a result came from, as a table must state it."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "CPU",
+    )
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
+    """Train (or resume) one (row, seed) in a subprocess; return its final metrics file."""
+    run_dir = runs_dir / f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', row.name)}-seed{seed}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "camlt.cli",
+        "train",
+        str(ROOT / row.config),
+        *row.overrides,
+        *extra,
+        f"train.seed={seed}",
+        f"train.run_dir={run_dir}",
+        "train.progress=false",
+        "--resume",
+    ]
+    print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    return {
+        "metrics": final["metrics"],
+        "train_counts": final["train_counts"],
+        "classes": final["classes"],
+        "epochs": final["epochs"],
+        "seed": seed,
+        "row": row.name,
+        "overrides": row.overrides + extra,
+        "machine": machine(),
+        "torch": torch.__version__,
+        "wall_s": round(time.time() - start, 1),
+    }
+
+
+def fill(
+    table: str,
+    rows: list[Row],
+    seeds: tuple[int, ...],
+    runs_dir: Path,
+    extra: list[str],
+    only: list[str] | None = None,
+) -> dict:
+    """Run every missing (row, seed), saving after each one."""
+    path = RESULTS / f"{table}.json"
+    results = load(path)
+    for row in rows:
+        if only and row.name not in only:
+            continue
+        for seed in row.seeds or seeds:
+            key = f"{row.name}/seed{seed}"
+            if key in results:
+                continue
+            results[key] = run_one(row, seed, runs_dir, extra)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, results)
+    return results
+
+
+def cell(values: list[float]) -> str:
+    """mean ± spread (population std over seeds), in percent."""
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.pstdev(values):.1f}"
+
+
+def rarest(entry: dict, n: int = 3) -> list[int]:
+    counts = entry["train_counts"]
+    return sorted(range(len(counts)), key=lambda c: (counts[c], c))[:n]
+
+
+def render(table: str, rows: list[Row], title: str, extra_columns: dict | None = None) -> str:
+    """Markdown of the finished results, rows in table order; missing rows are listed as such."""
+    results = load(RESULTS / f"{table}.json")
+    extra_columns = extra_columns or {}
+    header = ["row", "seeds", *COLUMNS, *extra_columns]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    meta = set()
+    for row in rows:
+        entries = [v for k, v in results.items() if k.split("/seed")[0] == row.name]
+        if not entries:
+            lines.append(f"| {row.name} | not run yet |" + " |" * (len(header) - 2))
+            continue
+        meta |= {(e["machine"], e["epochs"], e["torch"]) for e in entries}
+        cells = [row.name, ",".join(str(e["seed"]) for e in entries)]
+        for col in COLUMNS:
+            vals = [e["metrics"][col] for e in entries if e["metrics"].get(col) is not None]
+            cells.append(cell(vals))
+        for fn in extra_columns.values():
+            cells.append(cell([fn(e) for e in entries]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for machine_name, epochs, torch_version in sorted(meta, key=str):
+        lines.append(f"Machine: {machine_name}; {epochs} epochs; torch {torch_version}.")
+    lines.append("Accuracy in %, mean ± population std over the seeds listed; ECE (15 bins) in %.")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(RESULTS / f"{table}.md", text)
+    update_readme(table, text)
+    return text
+
+
+def update_readme(table: str, text: str) -> None:
+    """Replace the README block between this table's markers, if the README has them."""
+    readme = ROOT / "README.md"
+    start, end = f"<!-- table:{table} -->", f"<!-- /table:{table} -->"
+    content = readme.read_text()
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        _, tail = rest.split(end, 1)
+        atomic_write_text(readme, f"{head}{start}\n{text}{end}{tail}")
+
+
+def main(
+    table: str,
+    rows: list[Row],
+    title: str,
+    default_seeds: tuple[int, ...] = (0, 1, 2),
+    extra_columns: dict | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line every table script shares."""
+    parser = argparse.ArgumentParser(description=f"Fill and render the '{table}' table.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds))
+    parser.add_argument("--rows", nargs="+", help="only these rows")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "benchmarks" / table)
+    parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra overrides for every row, e.g. train.epochs=200"
+    )
+    args = parser.parse_args(argv)
+    if args.overrides:  # a different budget is a different table, never mixed with this one
+        table = table + "-" + "-".join(o.replace("/", "_").replace("=", "") for o in args.overrides)
+    if args.rows:
+        unknown = set(args.rows) - {r.name for r in rows}
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}; the rows are {[r.name for r in rows]}")
+    if not args.render_only:
+        fill(table, rows, tuple(args.seeds), args.runs_dir, args.overrides, args.rows)
+    print(render(table, rows, title, extra_columns))
