@@ -37,6 +37,18 @@ class Row:
     config: str
     overrides: list[str] = field(default_factory=list)
     seeds: tuple[int, ...] | None = None  # None: the table's seeds
+    # A row (by name) whose run of the same seed this one starts from, passed as
+    # model.init_from (decoupled stage 2); it is run first when missing.
+    depends: str | None = None
+
+
+# Extra command-line overrides a dependent (stage-2) row does not take: it has its own schedule.
+STAGE1_ONLY = ("train.epochs=", "train.milestones=", "train.warmup_epochs=", "train.schedule=")
+
+
+def run_dir_of(name: str, seed: int, runs_dir: Path) -> Path:
+    """Where the run of one (row, seed) lives."""
+    return runs_dir / f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', name)}-seed{seed}"
 
 
 def machine() -> str:
@@ -60,7 +72,10 @@ def load(path: Path) -> dict:
 
 def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
     """Train (or resume) one (row, seed) in a subprocess; return its final metrics file."""
-    run_dir = runs_dir / f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', row.name)}-seed{seed}"
+    run_dir = run_dir_of(row.name, seed, runs_dir)
+    if row.depends:
+        extra = [o for o in extra if not o.startswith(STAGE1_ONLY)]
+        extra = [f"model.init_from={run_dir_of(row.depends, seed, runs_dir)}", *extra]
     cmd = [
         sys.executable,
         "-m",
@@ -103,16 +118,25 @@ def fill(
     """Run every missing (row, seed), saving after each one."""
     path = RESULTS / f"{table}.json"
     results = load(path)
+    by_name = {row.name: row for row in rows}
+
+    def ensure(row: Row, seed: int) -> None:
+        if row.depends:  # its stage-1 run first, whatever --rows says
+            if row.depends not in by_name:
+                raise SystemExit(f"row '{row.name}' depends on unknown row '{row.depends}'")
+            ensure(by_name[row.depends], seed)
+        key = f"{row.name}/seed{seed}"
+        if key in results:
+            return
+        results[key] = run_one(row, seed, runs_dir, extra)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, results)
+
     for row in rows:
         if only and row.name not in only:
             continue
         for seed in row.seeds or seeds:
-            key = f"{row.name}/seed{seed}"
-            if key in results:
-                continue
-            results[key] = run_one(row, seed, runs_dir, extra)
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, results)
+            ensure(row, seed)
     return results
 
 

@@ -7,10 +7,12 @@ over the target: a reader sees the old file or the new one, never a mix. Loading
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,24 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """Serialise in memory first, so a failure mid-serialisation touches no file."""
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:  # disk full, quota, I/O error: the old file was never touched
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({err.strerror or err}); "
+            "the previous checkpoint is unchanged and --resume continues from it"
+        ) from err
+
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write_bytes' mkstemp creates
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files a killed writer left behind; call only while holding RunLock."""
+    stale = [t for t in Path(directory).glob(".*.tmp") if _TEMP_NAME.fullmatch(t.name)]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -80,11 +99,23 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one JSON line and flush it to disk; a failed append leaves the file as it was."""
+    line = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line) :]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # drop the torn part, so no half line stays behind
+            raise CheckpointError(
+                f"{path}: could not append a record ({err.strerror or err}); the file is unchanged"
+            ) from err
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -125,9 +156,12 @@ class RunLock:
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "unknown"
             self._fh.close()
             raise CheckpointError(
-                f"{self.path.parent}: another camlt run is using this run directory"
+                f"{self.path.parent}: another camlt run (pid {holder}) is using this run "
+                "directory; wait for it to end or stop it, or pass another train.run_dir"
             ) from None
         self._fh.seek(0)
         self._fh.truncate()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from camlt.checkpoint import CheckpointError, atomic_write_json
+from camlt.cli_inspect import add_inspection_commands
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
 from camlt.data import DataError
 
@@ -19,6 +20,7 @@ EXPECTED_ERRORS = (
     CheckpointError,
     ValueError,
     FileNotFoundError,
+    OSError,  # e.g. a full disk while writing config.yaml: a message, not a traceback
     RuntimeError,
 )
 
@@ -58,10 +60,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def data_stats(cfg) -> dict:
     """Class counts and shot groups of a config's training set."""
-    from camlt.data import build_datasets
+    from camlt.data import build_sets
     from camlt.metrics import frequency_thirds, shot_groups
 
-    train_set, test_set = build_datasets(cfg)
+    sets = build_sets(cfg)
+    train_set, test_set = sets.train, sets.test
     counts = train_set.class_counts()
     groups = shot_groups(counts)
     return {
@@ -111,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the metrics JSON (default RUN_DIR/eval.json)")
     p.set_defaults(func=cmd_eval)
 
+    add_inspection_commands(sub)  # predict, cam, report
+
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(
         dest="data_command", required=True
     )
@@ -119,7 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_data_stats)
+    add_data_check(data)
     return parser
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from camlt.data.check import check, format_report
+
+    report = check(args.path, args.image_root, args.decode, args.workers, args.path_map)
+    print(json.dumps(report, indent=1) if args.json else format_report(report, args.per_class))
+    bad = report["missing"] + report["corrupt"]
+    if args.strict and bad:
+        print(f"camlt: error: {bad} missing or undecodable images (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_data_check(data: argparse._SubParsersAction) -> None:
+    p = data.add_parser(
+        "check", help="classes, counts, shot groups, missing and undecodable images of a list"
+    )
+    p.add_argument("path", help="a split file (path label lines), a CSV (path,label) or a folder")
+    p.add_argument("--image-root", help="folder the paths are relative to: stat every file")
+    p.add_argument("--decode", action="store_true", help="also open every image (slower)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode processes")
+    p.add_argument("--path-map", default="auto", help="auto | exact | suffix | OLD->NEW")
+    p.add_argument("--per-class", action="store_true", help="print every class's count")
+    p.add_argument("--strict", action="store_true", help="exit 1 on missing/undecodable images")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_data_check)
 
 
 def main(argv: list[str] | None = None) -> int:

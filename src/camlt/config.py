@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import II, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -31,6 +31,22 @@ class DataConfig:
     order: str = "standard"  # Fashion-MNIST class order: standard | hard
     split_seed: int = 0  # the seeded shuffle that picks each class's images
     download: bool = False  # let torchvision download when nothing is found locally
+    sampler: str = "instance"  # instance | class | sqrt | progressive (camlt.data.samplers)
+    # Image files (data/files.py): imagenet_lt | places_lt | inat2018 | split_files | image_folder | csv
+    image_root: str | None = None  # where split-file / CSV paths point; default: data.root
+    train_file: str | None = None  # split files, relative to data.root; default: the benchmark's
+    val_file: str | None = None  # the split that selects the model (best.pt); never the test split
+    test_file: str | None = None
+    csv_file: str | None = None  # data.name=csv: rows path,label (integer or class name)
+    path_map: str = "auto"  # auto | exact | suffix | OLD->NEW (split-file prefixes, docs/datasets.md)
+    labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
+    bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
+    val_fraction: float = 0.0  # image_folder / csv: seeded per-class split fractions
+    test_fraction: float = 0.2
+    subsample: bool = False  # image_folder / csv: cut the training split to profile/imbalance
+    augment: bool = True  # training augmentation (crop + flip); off for exact comparisons
+    image_size: int = 224  # file datasets: crop size; evaluation resizes to resize_size first
+    resize_size: int = 256
 
 
 @dataclass
@@ -56,11 +72,21 @@ class ModelConfig:
     learn_scale: bool = False
     pretrained: str | None = None  # a weights file for torchvision backbones
     camc: CAMCConfig = field(default_factory=CAMCConfig)
+    init_from: str | None = None  # a finished stage-1 run directory (with stage2.method)
 
 
 @dataclass
 class LossConfig:
-    name: str = "ce"
+    name: str = "ce"  # ce | focal | cb | ldam | balanced_softmax | logit_adjust (camlt.losses)
+    focal_gamma: float = 1.0  # focal loss exponent (also cb with cb_base=focal)
+    cb_beta: float = 0.9999  # class-balanced: effective-number beta
+    cb_base: str = "focal"  # class-balanced: the weighted base loss, ce | focal
+    ldam_max_margin: float = 0.5  # LDAM: the rarest class's margin, in cosine units
+    ldam_scale: float = II("model.scale")  # LDAM: logits per unit margin (1 for a linear head)
+    drw_epoch: int | None = None  # deferred re-weighting from this 0-based epoch (None: off)
+    drw_beta: float = 0.9999  # DRW: effective-number beta of the deferred weights
+    la_tau: float = 1.0  # logit adjustment loss: CE(z + la_tau * log prior)
+    posthoc_tau: float = 0.0  # test time: z - posthoc_tau * log prior (0: off)
 
 
 @dataclass
@@ -83,8 +109,25 @@ class TrainConfig:
     threads: int = 0  # CPU threads; 0 leaves torch's default
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
     progress: bool = True
+    tensorboard: bool = False  # log scalars and CAM images to RUN_DIR/tensorboard (camlt.tblog)
     out_dir: str = "runs"
     run_dir: str | None = None  # default: out_dir/<recipe>[-<overrides>]
+    # batch_size is the GLOBAL batch: under torchrun each of W processes takes batch_size / W.
+    lr_scaling: str = "none"  # none: lr as given | linear: lr * batch_size / lr_base_batch
+    lr_base_batch: int = 256
+    workers: int = 4  # DataLoader worker processes (file datasets)
+    persistent_workers: bool = True
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+
+
+@dataclass
+class Stage2Config:
+    """Decoupled stage 2 on a frozen stage-1 backbone (camlt.stage2); needs model.init_from."""
+
+    method: str = "none"  # none | crt | taunorm | lws | posthoc
+    tau: float = 1.0  # tau-normalisation exponent w_k / ||w_k||^tau (when tau_sweep is empty)
+    tau_sweep: list[float] = field(default_factory=list)  # taus tried on the TEST split, reported
 
 
 @dataclass
@@ -93,6 +136,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
@@ -133,6 +177,8 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    except (ValueError, TypeError, RecursionError) as err:  # e.g. a date 2020-13-45, deep nesting
+        raise ConfigError(f"{path}: invalid YAML value: {err}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -149,8 +195,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # not YAML (or an impossible date): keep the text
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override '{key}': value nested too deeply") from None
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -168,6 +216,31 @@ def merge(base: dict, source: str) -> DictConfig:
         return OmegaConf.merge(schema, OmegaConf.create(base))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
+    except (TypeError, ValueError, RecursionError) as err:  # e.g. a list where a section goes
+        raise ConfigError(f"{source}: does not fit the config schema: {err}") from None
+
+
+def _resolve(cfg: DictConfig, source: str) -> DictConfig:
+    """Resolve ``${...}`` now: a bad reference is a ConfigError here, and saved configs hold values."""
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, source) from None
+    # An escaped \${...} resolves to a text that OmegaConf would read as a reference again
+    # (at the next access, or from the saved config.yaml): refuse it rather than change it.
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(f"{source}: {key}={value!r}: a literal '${{' is not supported")
+    return cfg
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested dict/list."""
+    if isinstance(tree, dict):
+        return [kv for k, v in tree.items() for kv in _leaves(v, f"{prefix}{k}.")]
+    if isinstance(tree, list):
+        return [kv for i, v in enumerate(tree) for kv in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), tree)]
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
@@ -180,6 +253,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
             cfg = OmegaConf.merge(cfg, OmegaConf.create(parse_overrides(overrides)))
         except OmegaConfBaseException as err:
             raise _explain(err, "command line") from None
+        except (TypeError, ValueError, RecursionError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"command line: overrides do not fit the schema: {err}") from None
+    _resolve(cfg, f"{path} with overrides" if overrides else str(path))
     validate(cfg)
     return cfg
 
@@ -187,11 +265,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
 _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.order": ("standard", "hard"),
+    "data.labels": ("strict", "remap"),
+    "data.bad_images": ("error", "skip"),
+    "train.lr_scaling": ("none", "linear"),
     "model.camc.variant": ("section2", "class"),
     "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.device": ("auto", "cpu", "cuda"),
+    "data.sampler": ("instance", "class", "sqrt", "progressive"),
+    "loss.cb_base": ("ce", "focal"),
+    "stage2.method": ("none", "crt", "taunorm", "lws", "posthoc"),
 }
 
 
@@ -205,8 +289,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.imbalance={cfg.data.imbalance}: must be >= 1 (n_max / n_min)")
     if cfg.data.n_max is not None and cfg.data.n_max < 1:
         raise ConfigError(f"data.n_max={cfg.data.n_max}: must be a positive image count")
+    _validate_baselines(cfg)
     positive = {
-        "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
         "train.eval_every": cfg.train.eval_every,
         "model.scale": cfg.model.scale,
@@ -222,6 +306,34 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.warmup_epochs must be >= 0 and train.lr > 0")
 
 
+# Stage-2 methods that train nothing: they run for train.epochs=0 (evaluation only).
+NO_TRAINING_STAGE2 = ("taunorm", "posthoc")
+
+
+def _validate_baselines(cfg: DictConfig) -> None:
+    """Loss, sampler and stage-2 checks: ranges, and init_from and stage2.method go together."""
+    loss, stage2 = cfg.loss, cfg.stage2
+    min_epochs = 0 if stage2.method in NO_TRAINING_STAGE2 else 1
+    if cfg.train.epochs < min_epochs:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= {min_epochs}")
+    for key in ("cb_beta", "drw_beta"):
+        if not 0 <= loss[key] < 1:
+            raise ConfigError(f"loss.{key}={loss[key]}: must be in [0, 1)")
+    if loss.focal_gamma < 0 or loss.ldam_max_margin < 0:
+        raise ConfigError("loss.focal_gamma and loss.ldam_max_margin must be >= 0")
+    if loss.drw_epoch is not None and loss.drw_epoch < 0:
+        raise ConfigError(f"loss.drw_epoch={loss.drw_epoch}: must be a 0-based epoch >= 0")
+    if stage2.method != "none" and not cfg.model.init_from:
+        raise ConfigError(
+            f"stage2.method={stage2.method} needs model.init_from=RUN_DIR, a finished stage-1 run"
+        )
+    if cfg.model.init_from and stage2.method == "none":
+        raise ConfigError(
+            "model.init_from is set but stage2.method=none; "
+            "expected one of crt, taunorm, lws, posthoc"
+        )
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML, the form saved beside every checkpoint."""
     return OmegaConf.to_yaml(cfg)
@@ -230,7 +342,7 @@ def to_yaml(cfg: DictConfig) -> str:
 def from_yaml_file(path: str | Path) -> DictConfig:
     """A saved, resolved config (as written in a run directory)."""
     path = Path(path)
-    cfg = merge(_read_yaml(path), str(path))
+    cfg = _resolve(merge(_read_yaml(path), str(path)), str(path))
     validate(cfg)
     return cfg
 

@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from camlt import __version__
+from camlt import __version__, distributed
 from camlt.checkpoint import (
     CHECKPOINT,
     CheckpointError,
@@ -29,14 +29,20 @@ from camlt.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    read_jsonl,
+    remove_stale_temp_files,
     save_checkpoint,
     truncate_jsonl,
 )
+from camlt.compat import EVAL_FREE_KEYS, check_fits
 from camlt.config import diff, from_yaml_file, merge, to_yaml
-from camlt.data import BatchLoader, TensorImageSet, build_datasets
-from camlt.losses import build_loss
+from camlt.data import BatchLoader, TensorImageSet, build_loaders
+from camlt.data.samplers import build_sampler
+from camlt.losses import build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.models import LongTailClassifier, build_model
+from camlt.stage2 import adapt_model, check_stage1, load_stage1
+from camlt.tblog import open_logger
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -48,7 +54,13 @@ RESUME_FREE_KEYS = (
     "train.run_dir",
     "train.out_dir",
     "train.device",
+    "train.workers",
+    "train.persistent_workers",
+    "train.pin_memory",
+    "train.prefetch_factor",
+    "train.tensorboard",
 )
+BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,6 +160,10 @@ class Run:
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
     start_epoch: int = 0
+    val_loader: object | None = None  # selects best.pt where the data has a val split
+    dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
+    ddp: torch.nn.Module | None = None  # the DDP wrapper that training steps go through
+    label_map: dict | None = None  # class index -> original label (data.labels=remap)
 
     @property
     def train_counts(self) -> list[int]:
@@ -159,22 +175,27 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
-    train_set, test_set = build_datasets(cfg)
+    dist = distributed.setup(resolve_device(cfg.train.device))
+    device = distributed.local_device(resolve_device(cfg.train.device), dist)
+    data = build_loaders(
+        cfg,
+        dist.rank,
+        dist.world,
+        device,
+        lambda train_set: build_sampler(
+            cfg.data.sampler, train_set.labels, cfg.train.epochs, train_set.num_classes
+        ),
+    )
+    train_set, test_set = data.train_set, data.test_set
     counts = train_set.class_counts()
-    model = build_model(cfg.model, train_set.num_classes, train_set.images.shape[1], counts)
+    model = build_model(cfg.model, train_set.num_classes, data.in_channels, counts)
+    model = adapt_model(model, cfg, train_set.num_classes)  # stage 2: frozen backbone (no-op else)
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory)
-    cl = cfg.train.channels_last
-    train_loader = BatchLoader(
-        train_set, cfg.train.batch_size, True, cfg.train.seed, channels_last=cl
-    )
-    test_loader = BatchLoader(test_set, max(256, cfg.train.batch_size), False, channels_last=cl)
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} exceeds the {len(train_set)} training images"
-        )
+    train_loader, test_loader = data.train, data.test
     optimizer = build_optimizer(model, cfg.train)
+    for group in optimizer.param_groups:  # train.lr_scaling (distributed.effective_lr)
+        group["lr"] *= distributed.effective_lr(cfg.train) / cfg.train.lr
     dtype = amp_dtype(cfg.train.amp, device)
     return Run(
         cfg=cfg,
@@ -190,6 +211,10 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
+        val_loader=data.val,
+        dist=dist,
+        ddp=distributed.wrap(model, dist, device),
+        label_map=data.label_map,
     )
 
 
@@ -202,11 +227,32 @@ def autocast(run: Run):
 def compute_loss(run: Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The head's loss: the criterion on its logits, plus its weighted auxiliary term if any."""
     with autocast(run):
-        out = run.model(images, labels)
+        out = (run.ddp or run.model)(images, labels)
     loss = run.criterion(out.logits, labels)
     if out.aux_logits is not None and out.aux_weight:
         loss = loss + out.aux_weight * run.criterion(out.aux_logits, labels)
     return loss
+
+
+def _kept(run: Run, epoch: int) -> str:
+    """What a diverged run leaves behind, for its error message."""
+    if epoch:
+        return f"the last good checkpoint (end of epoch {epoch}) is kept in {run.run_dir}"
+    return "no checkpoint had been written yet"
+
+
+def check_finite_weights(run: Run, epoch: int) -> None:
+    """Refuse to checkpoint non-finite weights (a last step can blow up after its finite loss)."""
+    bad = [
+        name
+        for name, value in run.model.state_dict().items()
+        if value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        raise TrainingDiverged(
+            f"epoch {epoch + 1}, after step {len(run.train_loader)}: non-finite weights in "
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; {_kept(run, epoch)}"
+        )
 
 
 def train_one_epoch(run: Run, epoch: int) -> dict:
@@ -218,7 +264,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         run.train_loader,
         desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
         unit="batch",
-        disable=not run.cfg.train.progress,
+        disable=not (run.cfg.train.progress and run.dist.is_main),
         leave=False,
         dynamic_ncols=True,
     )
@@ -226,13 +272,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
         loss = compute_loss(run, images, labels)
         if not torch.isfinite(loss):
-            kept = (
-                f"the last good checkpoint (end of epoch {epoch}) is kept in {run.run_dir}"
-                if epoch
-                else "no checkpoint had been written yet"
-            )
             raise TrainingDiverged(
-                f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {kept}"
+                f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {_kept(run, epoch)}"
             )
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -244,6 +285,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
+    total_loss, seen = distributed.sum_across([total_loss, seen], run.dist)
     return {"loss": total_loss / max(seen, 1), "images_per_s": seen / seconds, "epoch_s": seconds}
 
 
@@ -262,9 +304,16 @@ def predict(
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(run: Run) -> dict:
-    logits, labels = predict(run.model, run.test_loader, run.device, run.dtype)
-    return evaluate_predictions(logits, labels, run.train_counts)
+def evaluate(run: Run, loader: object | None = None) -> dict:
+    """Metrics on the test split (or ``loader``), gathered over every process."""
+    logits, labels = predict(run.model, loader or run.test_loader, run.device, run.dtype)
+    logits, labels = distributed.gather_cat(logits, run.dist), distributed.gather_cat(labels, run.dist)
+    logits = posthoc_adjust(logits, run.train_counts, run.cfg.loss.posthoc_tau)
+    metrics = evaluate_predictions(logits, labels, run.train_counts)
+    describe = getattr(run.model.head, "describe", None)  # e.g. tau-norm states its tau
+    if callable(describe):
+        metrics.update(describe())
+    return metrics
 
 
 def rng_state() -> dict:
@@ -298,6 +347,22 @@ def checkpoint_state(run: Run, epoch: int) -> dict:
         "train_counts": run.train_counts,
         "camlt_version": __version__,
     }
+
+
+def load_fitting_checkpoint(run: Run, path: Path) -> dict:
+    """A checkpoint to resume from, refused with every difference named if it is another run's."""
+    state = load_checkpoint(path)
+    check_fits(
+        state,
+        path,
+        run.cfg,
+        run.train_set.classes,
+        run.train_counts,
+        run.model,
+        relevant=lambda key: not key.startswith(RESUME_FREE_KEYS),
+        required=("epoch", "model", "optimizer", "scheduler", "scaler", "rng"),
+    )
+    return state
 
 
 def restore(run: Run, state: dict) -> None:
@@ -336,38 +401,98 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train (or continue) the run in ``run_dir``; returns the final test metrics."""
-    run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir, resume)
-    resume = resume and (run_dir / CONFIG_FILE).is_file()
-    with RunLock(run_dir):
-        if not resume:
+    """Train (or continue) the run in ``run_dir``; returns the final test metrics.
+
+    Under torchrun every process trains its shard; only rank 0 touches the run directory.
+    """
+    dist = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, Path(run_dir), resume, dist)
+    finally:
+        distributed.cleanup(dist)
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
+    main = dist.is_main
+    if cfg.model.init_from and not (run_dir / CHECKPOINT).exists():
+        check_stage1(cfg)  # refuse a bad stage-1 directory before creating anything
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) if main else contextlib.nullcontext():  # first: a second run is told
+        if main:
+            prepare_run_dir(cfg, run_dir, resume)
+        resume = resume and (run_dir / CONFIG_FILE).is_file()
+        distributed.barrier(dist)  # every rank saw the same config.yaml (or none)
+        if main:
+            remove_stale_temp_files(run_dir)
+        if not resume and main:
             atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
         run = build_run(cfg, run_dir)
+        if run.label_map and main:
+            atomic_write_json(run_dir / "label_map.json", run.label_map)
         if resume and (run_dir / CHECKPOINT).exists():
-            restore(run, load_checkpoint(run_dir / CHECKPOINT))
-        truncate_jsonl(run_dir / METRICS_FILE, lambda r: r.get("epoch", 0) <= run.start_epoch)
+            restore(run, load_fitting_checkpoint(run, run_dir / CHECKPOINT))
+        elif cfg.model.init_from:
+            load_stage1(run)
+        if main:
+            truncate_jsonl(run_dir / METRICS_FILE, lambda r: r.get("epoch", 0) <= run.start_epoch)
+        distributed.barrier(dist)
         return fit(run)
+
+
+def select_on_val(run: Run, epoch: int, record: dict, best: float) -> float:
+    """Evaluate the val split; keep best.pt when its top-1 beats ``best`` (never the test split)."""
+    val = evaluate(run, run.val_loader)
+    record["val"] = val
+    if val["overall"] <= best:
+        return best
+    if run.dist.is_main:
+        save_checkpoint(run.run_dir / BEST_CHECKPOINT, checkpoint_state(run, epoch + 1))
+    return val["overall"]
+
+
+def selected_test_metrics(run: Run) -> dict:
+    """Test metrics of the val-selected weights (best.pt), after training."""
+    distributed.barrier(run.dist)  # rank 0 has finished writing best.pt
+    state = load_checkpoint(run.run_dir / BEST_CHECKPOINT)
+    run.model.load_state_dict(state["model"])
+    return {"epoch": state["epoch"], "test": evaluate(run)}
 
 
 def fit(run: Run) -> dict:
     """Epochs from ``run.start_epoch``: train, evaluate, log a JSONL line, checkpoint."""
     epochs = run.cfg.train.epochs
     metrics: dict = {}
+    main = run.dist.is_main  # only rank 0 writes files and prints
+    history = read_jsonl(run.run_dir / METRICS_FILE)
+    best_val = max((r["val"]["overall"] for r in history if "val" in r), default=-1.0)
+    tb = open_logger(run, enabled=main)  # TensorBoard when train.tensorboard, else a no-op
     for epoch in range(run.start_epoch, epochs):
         record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
         record.update(train_one_epoch(run, epoch))
+        check_finite_weights(run, epoch)
         last = epoch + 1 == epochs
         if last or (epoch + 1) % run.cfg.train.eval_every == 0:
+            if run.val_loader is not None:
+                best_val = select_on_val(run, epoch, record, best_val)
             metrics = evaluate(run)
             record["test"] = metrics
-        append_jsonl(run.run_dir / METRICS_FILE, record)
-        save_checkpoint(run.run_dir / CHECKPOINT, checkpoint_state(run, epoch + 1))
+        if main:
+            append_jsonl(run.run_dir / METRICS_FILE, record)
+            save_checkpoint(run.run_dir / CHECKPOINT, checkpoint_state(run, epoch + 1))
+            tb.log_epoch(record, run)
         run.start_epoch = epoch + 1
         summary = f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} {record['images_per_s']:.0f} img/s"
+        if "val" in record:
+            summary += f" | val top-1 {100 * record['val']['overall']:.2f}"
         if "test" in record:
             summary += f" | test top-1 {100 * metrics['overall']:.2f} tail {100 * (metrics['tail'] or 0):.2f}"
-        print(summary, flush=True)
+        if main:
+            print(summary, flush=True)
+    tb.close()
+    # train.epochs=0 (tau-norm, post-hoc stage 2) still leaves a checkpoint to evaluate
+    if main and not (run.run_dir / CHECKPOINT).exists():
+        save_checkpoint(run.run_dir / CHECKPOINT, checkpoint_state(run, epochs))
     if not metrics:  # resumed after the last epoch: evaluate the final model
         metrics = evaluate(run)
     final = {
@@ -377,8 +502,11 @@ def fit(run: Run) -> dict:
         "epochs": epochs,
         "config": OmegaConf.to_container(run.cfg),
     }
-    atomic_write_json(run.run_dir / FINAL_FILE, final)
-    print(format_table(metrics, run.train_set.classes, run.train_counts), flush=True)
+    if run.val_loader is not None and best_val >= 0:
+        final["selected_on_val"] = {"val_overall": best_val, **selected_test_metrics(run)}
+    if main:
+        atomic_write_json(run.run_dir / FINAL_FILE, final)
+        print(format_table(metrics, run.train_set.classes, run.train_counts), flush=True)
     return metrics
 
 
@@ -390,6 +518,15 @@ def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], P
     config_file = run_dir / CONFIG_FILE
     cfg = from_yaml_file(config_file) if config_file.is_file() else _config_from_state(state, ckpt)
     run = build_run(cfg, run_dir)
+    check_fits(
+        state,
+        ckpt,
+        cfg,
+        run.train_set.classes,
+        run.train_counts,
+        run.model,
+        relevant=lambda key: not key.startswith(EVAL_FREE_KEYS),
+    )
     try:
         run.model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -1,4 +1,10 @@
-"""Training losses, built by name; each maps (logits, targets) to a scalar."""
+"""Training losses, built by name; each maps (logits, targets) to a scalar.
+
+Every loss computes in float32 whatever the autocast dtype of the logits. The long-tail
+losses use the training class counts: as a prior (balanced softmax, logit adjustment), as
+margins (LDAM) or as class weights (class-balanced, deferred re-weighting). Weights that start
+at an epoch (DRW) are switched by ``set_epoch``, which the engine calls at each epoch start.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,161 @@ from omegaconf import DictConfig
 from torch import nn
 
 
-class CrossEntropy(nn.Module):
+# ----------------------------------------------------------------------------- class statistics
+def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
+    """log of the training class frequencies n_c / N, the prior the adjustments remove."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if (counts <= 0).any():
+        raise ValueError(
+            f"class counts must all be positive to form a prior, got {counts.tolist()}"
+        )
+    return (counts / counts.sum()).log().float()
+
+
+def effective_number_weights(class_counts: Sequence[int], beta: float) -> torch.Tensor:
+    """Class weights (1 - beta) / (1 - beta^n_c), scaled to sum to the number of classes.
+
+    Cui et al.'s effective number of samples: beta=0 gives equal weights, beta -> 1 inverse
+    frequency.
+    """
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    raw = (1.0 - beta) / (1.0 - beta**counts) if beta > 0 else torch.ones_like(counts)
+    return (raw * len(counts) / raw.sum()).float()
+
+
+def posthoc_adjust(logits: torch.Tensor, class_counts: Sequence[int], tau: float) -> torch.Tensor:
+    """Test-time logit adjustment ``z - tau * log prior``; tau=0 returns the logits unchanged."""
+    if tau == 0:
+        return logits
+    return logits.float() - tau * log_prior(class_counts).to(logits.device)
+
+
+# ----------------------------------------------------------------------------- the losses
+class WeightedLoss(nn.Module):
+    """A per-sample loss with optional class weights that may switch on at an epoch.
+
+    ``mean="weighted"`` averages as ``sum w_y l / sum w_y`` (PyTorch's weighted cross-entropy,
+    used by DRW); ``mean="plain"`` as ``mean(w_y l)`` (Cui et al.'s class-balanced loss).
+    """
+
+    def __init__(
+        self,
+        weights: torch.Tensor | None = None,
+        start_epoch: int = 0,
+        mean: str = "weighted",
+    ) -> None:
+        super().__init__()
+        self.class_weights = weights
+        self.start_epoch = start_epoch
+        self.mean = mean
+        self.weight: torch.Tensor | None = weights if start_epoch <= 0 else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch the class weights on from ``start_epoch`` (deferred re-weighting)."""
+        self.weight = self.class_weights if epoch >= self.start_epoch else None
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets)
+        losses = self.per_sample(logits.float(), targets)
+        if self.weight is None:
+            return losses.mean()
+        w = self.weight.to(losses.device)[targets]
+        if self.mean == "plain":
+            return (w * losses).mean()
+        return (w * losses).sum() / w.sum()
+
+
+class CrossEntropy(WeightedLoss):
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, reduction="none")
+
+
+class FocalLoss(WeightedLoss):
+    """Softmax focal loss ``(1 - p_y)^gamma * -log p_y`` (Lin et al.); gamma=0 is CE."""
+
+    def __init__(self, gamma: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.gamma = gamma
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+        # 1 - p via expm1: exact near p=1, and clamped so gamma < 1 keeps a finite gradient
+        return -((-torch.expm1(log_p)).clamp(min=1e-12) ** self.gamma) * log_p
+
+
+class PriorShiftedCE(WeightedLoss):
+    """CE on ``z + tau * log prior``: logit adjustment (Menon et al.); tau=1 is balanced softmax.
+
+    Training against the prior-shifted logits makes the raw logits estimate the balanced
+    (prior-free) posterior, so no correction is needed at test time.
+    """
+
+    def __init__(self, class_counts: Sequence[int], tau: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("shift", tau * log_prior(class_counts))
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.shift, targets, reduction="none")
+
+
+class LDAMLoss(WeightedLoss):
+    """Label-distribution-aware margin (Cao et al.): CE on ``z - scale * delta_y`` at the target.
+
+    ``delta_c`` is proportional to ``n_c^(-1/4)``, the largest (rarest class) equal to
+    ``max_margin``. ``scale`` converts the margin to logit units: with a normalized head of
+    scale s (z = s cos) it is s, so the margin is ``max_margin`` in cosine, as in the paper.
+    """
+
+    def __init__(
+        self, class_counts: Sequence[int], max_margin: float, scale: float, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+        margins = counts**-0.25
+        self.register_buffer("margins", (margins * max_margin / margins.max()).float())
+        self.scale = scale
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        shift = (
+            F.one_hot(targets, logits.shape[1]).float()
+            * (self.scale * self.margins[targets])[:, None]
+        )
+        return F.cross_entropy(logits - shift, targets, reduction="none")
+
+
+# ----------------------------------------------------------------------------- the registry
+def _drw(cfg: DictConfig, counts: Sequence[int]) -> dict:
+    """Deferred re-weighting: effective-number weights from ``loss.drw_epoch``, if set."""
+    if cfg.drw_epoch is None:
+        return {}
+    return {"weights": effective_number_weights(counts, cfg.drw_beta), "start_epoch": cfg.drw_epoch}
+
+
+def _class_balanced(cfg: DictConfig, counts: Sequence[int]) -> WeightedLoss:
+    """Class-balanced loss: the base loss weighted by the effective number, from the start
+    (or from ``loss.drw_epoch``, deferred)."""
+    weights = effective_number_weights(counts, cfg.cb_beta)
+    kwargs = {"weights": weights, "start_epoch": cfg.drw_epoch or 0, "mean": "plain"}
+    if cfg.cb_base == "focal":
+        return FocalLoss(cfg.focal_gamma, **kwargs)
+    if cfg.cb_base == "ce":
+        return CrossEntropy(**kwargs)
+    raise ValueError(f"loss.cb_base='{cfg.cb_base}': unknown; expected one of ce, focal")
 
 
 LossFactory = Callable[[DictConfig, Sequence[int]], nn.Module]
 
 LOSSES: dict[str, LossFactory] = {
-    "ce": lambda cfg, counts: CrossEntropy(),
+    "ce": lambda cfg, counts: CrossEntropy(**_drw(cfg, counts)),
+    "focal": lambda cfg, counts: FocalLoss(cfg.focal_gamma, **_drw(cfg, counts)),
+    "cb": _class_balanced,
+    "ldam": lambda cfg, counts: LDAMLoss(
+        counts, cfg.ldam_max_margin, cfg.ldam_scale, **_drw(cfg, counts)
+    ),
+    "balanced_softmax": lambda cfg, counts: PriorShiftedCE(counts, 1.0, **_drw(cfg, counts)),
+    "logit_adjust": lambda cfg, counts: PriorShiftedCE(counts, cfg.la_tau, **_drw(cfg, counts)),
 }
 
 

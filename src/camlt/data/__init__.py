@@ -8,12 +8,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from camlt.data.loaders import Loaders, build_loaders, build_sets
 from camlt.data.longtail import counts_for_order, profile_counts, select_indices
 from camlt.data.sources import FMNIST_CLASSES, ArraySplit, DataError, load_cifar, load_fmnist
 from camlt.data.tensors import BatchLoader, TensorImageSet, random_crop_flip
 
 __all__ = [
     "BatchLoader",
+    "Loaders",
+    "build_loaders",
+    "build_sets",
     "DataError",
     "DatasetSpec",
     "TensorImageSet",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"{path}: not a readable gzip IDX file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise DataError(f"{path}: bad IDX magic number {raw[:4].hex() or 'empty file'}")
@@ -69,7 +71,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a forged header cannot overflow
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: IDX header says {shape} ({expected} bytes) but {len(raw) - header} follow"
@@ -138,6 +140,11 @@ def _idx_split(images_path: Path, labels_path: Path) -> ArraySplit:
             f"{images_path} / {labels_path}: expected N images of HxW and N labels, "
             f"got {images.shape} and {labels.shape}"
         )
+    if images.dtype != np.uint8 or labels.dtype.kind not in "iu":
+        raise DataError(  # a cast would silently change pixel values or labels
+            f"{images_path} / {labels_path}: expected uint8 images and integer labels, "
+            f"got {images.dtype} and {labels.dtype}"
+        )
     return ArraySplit(images[:, None].copy(), labels.astype(np.int64))
 
 
@@ -195,6 +202,17 @@ def read_cifar_pickle(path: Path) -> dict:
     return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
 
 
+def _cifar_labels(value: object) -> np.ndarray | None:
+    """A 1-D integer label array, or None where the value is anything else (never a cast)."""
+    try:
+        labels = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if labels.ndim != 1 or (labels.dtype.kind not in "iu" and labels.size):
+        return None
+    return labels
+
+
 def _cifar_batches(directory: Path, names: list[str], label_key: bytes) -> ArraySplit:
     images, labels = [], []
     for name in names:
@@ -202,14 +220,29 @@ def _cifar_batches(directory: Path, names: list[str], label_key: bytes) -> Array
         batch = read_cifar_pickle(path)
         if b"data" not in batch or label_key not in batch:
             raise DataError(f"{path}: missing key 'data' or '{label_key.decode()}'")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch[label_key]):
+        data, batch_labels = batch[b"data"], _cifar_labels(batch[label_key])
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+            got = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{path}: 'data' must be an N x 3072 uint8 array, found {got}")
+        if data.shape[1] != 3072 or batch_labels is None or len(data) != len(batch_labels):
             raise DataError(
-                f"{path}: expected N x 3072 uint8 images and N labels, got {data.shape}"
+                f"{path}: expected N x 3072 uint8 images and N integer labels, got images "
+                f"{data.shape} and labels {getattr(batch_labels, 'shape', 'not integers')}"
             )
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(batch_labels.astype(np.int64))
     return ArraySplit(np.concatenate(images), np.concatenate(labels))
+
+
+def _class_names(names: object, num_classes: int, path: Path) -> list[str]:
+    """The meta file's class names: exactly one per class, or none (then numbers are used)."""
+    if not isinstance(names, list | tuple) or len(names) not in (0, num_classes):
+        count = len(names) if isinstance(names, list | tuple) else type(names).__name__
+        raise DataError(f"{path}: expected {num_classes} class names, found {count}")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: class names are not text ({err})") from None
 
 
 def load_cifar(
@@ -225,9 +258,7 @@ def load_cifar(
         directory = base / folder if (base / folder).is_dir() else base
         if (directory / meta_name).is_file() and (directory / train_names[0]).is_file():
             meta = read_cifar_pickle(directory / meta_name)
-            classes = [
-                n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])
-            ]
+            classes = _class_names(meta.get(names_key, []), num_classes, directory / meta_name)
             splits = {
                 "train": _cifar_batches(directory, train_names, label_key),
                 "test": _cifar_batches(directory, test_names, label_key),

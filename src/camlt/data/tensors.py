@@ -34,18 +34,24 @@ class TensorImageSet:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def to(self, device: torch.device) -> TensorImageSet:
+        """Keep the whole set on the accelerator, so batches never cross the bus."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
 
 def random_crop_flip(batch: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Pad-and-crop plus horizontal flip for a uint8 batch, one random draw per image."""
     b, _, h, w = batch.shape
+    dev = batch.device  # draws come from the CPU generator, so a GPU-resident set augments alike
     padded = F.pad(batch, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    cols = ox[:, None] + torch.arange(w)
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    cols = ox[:, None] + torch.arange(w, device=dev)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    rows = oy[:, None] + torch.arange(h)
-    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    rows = oy[:, None] + torch.arange(h, device=dev)
+    out = padded[torch.arange(b, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2)
 
 
@@ -76,8 +82,9 @@ class BatchLoader:
         self.seed, self.pad, self.sampler, self.shard = seed, pad, sampler, shard
         self.channels_last = channels_last
         self.epoch = 0
-        self._mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
-        self._std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+        dev = data.images.device
+        self._mean = torch.tensor(data.mean, device=dev).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(data.std, device=dev).view(1, -1, 1, 1) * 255
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,14 +98,18 @@ class BatchLoader:
         else:
             idx = torch.randperm(n, generator=generator)
         rank, world = self.shard
-        if world > 1:
+        if world > 1:  # training pads to equal shards; evaluation counts every image once
             per = -(-len(idx) // world)
-            idx = torch.cat([idx, idx[: per * world - len(idx)]])[rank::world]
+            if self.train:
+                idx = torch.cat([idx, idx[: per * world - len(idx)]])
+            idx = idx[rank::world]
         return idx
 
     def __len__(self) -> int:
-        n = -(-len(self.data) // self.shard[1])
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        rank, world = self.shard
+        if self.train:
+            return -(-len(self.data) // world) // self.batch_size
+        return -(-len(range(rank, len(self.data), world)) // self.batch_size)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         x = (batch.float() - self._mean) / self._std
@@ -109,7 +120,7 @@ class BatchLoader:
         idx = self._indices(generator)
         stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
         for start in range(0, stop, self.batch_size):
-            sel = idx[start : start + self.batch_size]
+            sel = idx[start : start + self.batch_size].to(self.data.images.device)
             images = self.data.images[sel]
             if self.train and self.pad > 0:
                 images = random_crop_flip(images, self.pad, generator)

@@ -8,10 +8,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from camlt.heads.base import HeadOutput
+from camlt.heads.camc import CAMCHead
 from camlt.heads.linear import LinearHead
 from camlt.heads.normalized import NormalizedClassifier, NormalizedHead
 
 __all__ = [
+    "CAMCHead",
     "HEADS",
     "HeadOutput",
     "LinearHead",
@@ -25,6 +27,7 @@ HeadFactory = Callable[[int, int, DictConfig, Sequence[int]], nn.Module]
 HEADS: dict[str, HeadFactory] = {
     "linear": lambda c, k, m, counts: LinearHead(c, k),
     "normalized": lambda c, k, m, counts: NormalizedHead(c, k, m.scale, m.learn_scale),
+    "camc": CAMCHead.from_config,
 }
 
 

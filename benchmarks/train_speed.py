@@ -1,0 +1,170 @@
+"""Training throughput of ResNet-32 on Fashion-MNIST-LT IF100: camlt's engine against a plain
+reference loop as most research repos write it (per-image PIL transforms in a DataLoader, fp32,
+NCHW), in the same run, same data, same epochs; then test accuracy of both.
+
+    python benchmarks/train_speed.py [--epochs 1] [--workers 2]
+
+Writes benchmarks/results/train_speed.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from camlt.checkpoint import atomic_write_json, atomic_write_text
+from camlt.config import load_config
+from camlt.engine import build_run, evaluate, train_one_epoch
+from camlt.heads import NormalizedHead
+from camlt.models import LongTailClassifier, create_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class PILImages(Dataset):
+    """The same long-tailed images, served one PIL image at a time as torchvision datasets do."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images = images[:, 0].cpu().numpy()  # stored padded to 32x32 already
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i], mode="L")), self.labels[i]
+
+
+def reference_epoch(model, loader, optimizer, scheduler) -> float:
+    """One fp32 NCHW epoch; returns images/s."""
+    model.train()
+    device = next(model.parameters()).device
+    seen, start = 0, time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        loss = F.cross_entropy(model(images).logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seen += len(labels)
+    return seen / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def reference_accuracy(model, test_loader) -> float:
+    model.eval()
+    right = total = 0
+    device = next(model.parameters()).device
+    for images, labels in test_loader:
+        right += (model(images.to(device)).logits.argmax(1).cpu() == labels).sum().item()
+        total += len(labels)
+    return right / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers of the reference"
+    )
+    parser.add_argument("--out-name", default="train_speed", help="results file stem")
+    args = parser.parse_args()
+    overrides = [
+        f"train.epochs={args.epochs}",
+        "train.progress=false",
+        "train.warmup_epochs=1",
+        "train.schedule=cosine",
+        "model.head=normalized",
+    ]
+    cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml", overrides)
+
+    run = build_run(cfg, Path("/tmp/camlt-speed"))
+    ours = [train_one_epoch(run, e)["images_per_s"] for e in range(args.epochs)]
+    ours_acc = evaluate(run)["overall"]
+
+    torch.manual_seed(cfg.train.seed)
+    mean, std = run.train_set.mean[0], run.train_set.std[0]
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((mean,), (std,)),
+        ]
+    )
+    test_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    train_loader = DataLoader(
+        PILImages(run.train_set.images, run.train_set.labels, train_tf),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
+    test_loader = DataLoader(
+        PILImages(run.test_set.images, run.test_set.labels, test_tf),
+        batch_size=256,
+        num_workers=args.workers,
+    )
+    model = LongTailClassifier(
+        create_backbone("resnet32", in_channels=1), NormalizedHead(64, 10, cfg.model.scale)
+    ).to(run.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.train.lr, momentum=0.9, weight_decay=cfg.train.weight_decay
+    )
+    steps = len(train_loader) * args.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        cfg.train.lr,
+        total_steps=steps,
+        pct_start=len(train_loader) / steps,
+        anneal_strategy="cos",
+    )
+    ref = [reference_epoch(model, train_loader, optimizer, scheduler) for _ in range(args.epochs)]
+    ref_acc = reference_accuracy(model, test_loader)
+
+    from table import machine
+
+    result = {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "epochs": args.epochs,
+        "train_images": len(run.train_set),
+        "reference_workers": args.workers,
+        "ours": {
+            "images_per_s": float(np.mean(ours)),
+            "test_top1": ours_acc,
+            "amp": str(run.dtype),
+            "channels_last": cfg.train.channels_last,
+        },
+        "reference": {"images_per_s": float(np.mean(ref)), "test_top1": ref_acc},
+        "speedup": float(np.mean(ours) / np.mean(ref)),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{args.out_name}.json", result)
+    md = (
+        f"| loop | images/s | test top-1 after {args.epochs} epoch(s) |\n|---|---|---|\n"
+        f"| camlt engine (batch tensor augmentation, channels_last, amp={result['ours']['amp']}) | "
+        f"{result['ours']['images_per_s']:.0f} | {100 * ours_acc:.1f} |\n"
+        f"| reference (PIL per image, DataLoader x{args.workers} workers, fp32 NCHW) | "
+        f"{result['reference']['images_per_s']:.0f} | {100 * ref_acc:.1f} |\n\n"
+        f"Speed-up {result['speedup']:.2f}x. ResNet-32, Fashion-MNIST-LT IF100 ({len(run.train_set)} images), "
+        f"batch {cfg.train.batch_size}; machine: {result['machine']}; torch {torch.__version__}.\n"
+    )
+    atomic_write_text(RESULTS / f"{args.out_name}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

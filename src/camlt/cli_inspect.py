@@ -1,0 +1,125 @@
+"""The ``predict``, ``cam`` and ``report`` subcommands: using and inspecting a trained run.
+
+Kept apart from ``camlt.cli`` so that the training commands never import matplotlib or PIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _require_matplotlib() -> None:
+    """Name the missing optional dependency instead of failing mid-way with an ImportError."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "this command draws with matplotlib, which is not installed: "
+            "pip install 'camlt[viz]' (or pip install matplotlib)"
+        ) from None
+
+
+def _warn(message: str) -> None:
+    print(f"camlt: skipped {message}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace):
+    from camlt.predict import load_trained
+
+    loaded = load_trained(args.checkpoint, args.device)
+    for warning in loaded.warnings:
+        print(f"camlt: warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def _images(items: list[str]) -> tuple[list[Path], int]:
+    """Image paths of the arguments, and how many arguments matched nothing (named on stderr)."""
+    from camlt.predict import collect_images
+
+    paths, missing = collect_images(items)
+    for item, reason in missing:
+        _warn(f"{item}: {reason}")
+    if not paths:
+        raise FileNotFoundError("no image to read among: " + " ".join(items))
+    return paths, len(missing)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from camlt.predict import format_predictions, predict_files
+
+    loaded = _load(args)
+    paths, missing = _images(args.images)
+    results = predict_files(loaded, paths, args.topk, args.batch_size, _warn)
+    print(format_predictions(results, args.format))
+    return 0 if len(results) == len(paths) and not missing else 1  # 1: something was skipped
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    from camlt.viz import write_cam_images
+
+    _require_matplotlib()
+    loaded = _load(args)
+    paths, missing = _images(args.images)
+    labels = [loaded.class_index(label) for label in args.label or []]
+    if len(labels) not in (0, 1, len(paths)):
+        raise ValueError(
+            f"--label given {len(labels)} times for {len(paths)} images: give it once (for every "
+            "image) or once per image, in order"
+        )
+    if len(labels) == 1:
+        labels = labels * len(paths)
+    written = write_cam_images(loaded, paths, args.out, labels or None, _warn)
+    for path in written:
+        print(path)
+    return 0 if len(written) == len(paths) and not missing else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from camlt.report import build_report
+
+    _require_matplotlib()
+    page = build_report(
+        args.run_dir, args.baseline, args.out, device=args.device, cam_images=args.cam_images
+    )
+    print(f"wrote {page}")
+    return 0
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present"
+    )
+
+
+def add_inspection_commands(sub) -> None:
+    """Register predict, cam and report on the ``camlt`` subcommand parser."""
+    p = sub.add_parser("predict", help="top-k classes of image files with a trained model")
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--batch-size", type=int, default=256)
+    _device_option(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cam", help="PNG of each image with its class activation maps overlaid")
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
+    p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument(
+        "--label",
+        action="append",
+        help="true class (name or index): once for every image, or once per image in order",
+    )
+    _device_option(p)
+    p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser("report", help="HTML report of a run: curves, per-class accuracy, CAMs")
+    p.add_argument("run_dir", help="the run directory to report on")
+    p.add_argument("--baseline", help="a second run directory to compare against")
+    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    p.add_argument("--cam-images", type=int, default=8, help="tail-class test images in the grid")
+    _device_option(p)
+    p.set_defaults(func=cmd_report)

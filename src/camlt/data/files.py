@@ -1,0 +1,241 @@
+"""Image files on disk served by a torch DataLoader: decode with PIL, ImageNet-style transforms.
+
+Each draw of an image carries its own seed (from the run seed, the epoch and its position in
+the epoch), so the crop an image gets does not depend on the number of workers, on persistent
+workers or on a resume. Workers hand back uint8 tensors (4x less inter-process traffic than
+float); the loader normalises a whole batch on the training device.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from camlt.data.sources import DataError
+from camlt.data.tensors import Sampler
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_transform(train: bool, size: int = 224, resize: int = 256) -> v2.Compose:
+    """Random-resized crop + flip for training; resize + centre crop for evaluation (uint8 out)."""
+    from torchvision.transforms import v2  # imported here: torchvision takes seconds to import
+
+    if train:
+        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([*steps, v2.PILToTensor()])
+
+
+def decode(path: str) -> Image.Image:
+    """An RGB image; raises UnidentifiedImageError / OSError for a file that is not one."""
+    with open(path, "rb") as fh:
+        img = Image.open(fh)
+        img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy for RGB JPEGs
+
+
+@dataclass
+class FileImageSet(Dataset):
+    """Image files with labels; indexed by (position, seed) pairs from ``DrawSampler``."""
+
+    files: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    transform: v2.Compose
+    skip_bad: bool = False  # undecodable files: dropped from the batch (True) or fatal
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def __getitem__(self, key: tuple[int, int] | int):
+        index, seed = key if isinstance(key, tuple) else (key, index_seed(0, 0, key))
+        path = self.files[index]
+        try:
+            image = decode(path)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            if not self.skip_bad:
+                raise DataError(
+                    f"{path}: cannot decode image ({err}); set data.bad_images=skip to drop "
+                    "undecodable images"
+                ) from None
+            return None, path
+        # v2 transforms draw from the default CPU generator; seeding only it (not every device,
+        # as torch.manual_seed does) costs microseconds instead of a millisecond per image
+        cpu = torch.default_generator
+        in_main = torch.utils.data.get_worker_info() is None
+        state = cpu.get_state() if in_main else None  # workers=0: leave the caller's RNG as it was
+        cpu.manual_seed(seed)
+        try:
+            tensor = self.transform(image)
+        finally:
+            if state is not None:
+                cpu.set_state(state)
+        return tensor, int(self.labels[index])
+
+
+def index_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the image drawn at ``position`` of ``epoch``."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + position
+
+
+class DrawSampler(torch.utils.data.Sampler):
+    """The indices of an epoch (a plain shuffle or a class-aware ``sampler``), one shard of them.
+
+    ``shard=(rank, world)`` gives process ``rank`` every world-th index; training pads the epoch
+    to a multiple of ``world`` (as DistributedSampler does) so every process takes the same
+    number of steps, evaluation does not, so no image is counted twice.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        train: bool,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.size, self.train, self.seed = size, train, seed
+        self.sampler, self.shard = sampler, shard
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """This process's indices of the current epoch."""
+        if not self.train:
+            idx = torch.arange(self.size)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = self.sampler(self.epoch, generator) if self.sampler else None
+            idx = torch.randperm(self.size, generator=generator) if idx is None else idx
+        rank, world = self.shard
+        if world > 1:
+            if self.train:
+                per = -(-len(idx) // world)
+                idx = torch.cat([idx, idx[: per * world - len(idx)]])
+            idx = idx[rank::world]
+        return idx
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self.shard
+        for i, index in enumerate(self.indices().tolist()):
+            yield index, index_seed(self.seed, self.epoch, i * world + rank)
+
+
+def collate_drop_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the decoded images; report the paths of those that could not be decoded."""
+    good = [item for item in batch if item[0] is not None]
+    bad = [item[1] for item in batch if item[0] is None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return images, labels, bad
+
+
+@dataclass
+class LoaderOptions:
+    """DataLoader throughput settings (train.workers etc.)."""
+
+    workers: int = 4
+    persistent_workers: bool = True
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+
+
+class FileLoader:
+    """(images, labels) batches of a FileImageSet, normalised on ``device``.
+
+    The same interface as BatchLoader: ``set_epoch``, ``len``, ``data``; undecodable images
+    skipped by option are named once each and counted in ``bad_files``.
+    """
+
+    def __init__(
+        self,
+        data: FileImageSet,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] = (0, 1),
+        channels_last: bool = False,
+        options: LoaderOptions | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        options = options or LoaderOptions()
+        self.data, self.batch_size, self.train = data, batch_size, train
+        self.channels_last = channels_last
+        self.device = torch.device(device)
+        self.draws = DrawSampler(len(data), train, seed, sampler, shard)
+        workers = options.workers
+        self.loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=self.draws,
+            num_workers=workers,
+            collate_fn=collate_drop_bad,
+            pin_memory=options.pin_memory and self.device.type == "cuda",
+            drop_last=train,
+            persistent_workers=options.persistent_workers and workers > 0,
+            prefetch_factor=options.prefetch_factor if workers > 0 else None,
+        )
+        self.bad_files: set[str] = set()
+        self._mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1) * 255
+
+    @property
+    def sampler(self) -> Sampler | None:
+        return self.draws.sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.draws.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        x = (batch.to(self.device, non_blocking=True).float() - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, bad in self.loader:
+            for path in bad:
+                if path not in self.bad_files:
+                    self.bad_files.add(path)
+                    print(f"camlt: skipped undecodable image {path}", file=sys.stderr)
+            if len(labels) == 0:
+                continue
+            yield self.normalise(images), labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop persistent workers now rather than at interpreter exit."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.loader = DataLoader([])

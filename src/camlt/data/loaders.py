@@ -1,0 +1,320 @@
+"""One entry point from a config to batches: in-memory benchmarks and image files alike.
+
+``build_loaders`` is what the engine calls; ``build_sets`` is the part without loaders (what
+``camlt data stats`` needs). A run sees the same interface either way: ``loader.set_epoch``,
+``len(loader)``, a ``sampler`` attribute for class-aware sampling, and (images, labels) batches.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from camlt.data.files import FileImageSet, FileLoader, LoaderOptions, imagenet_transform
+from camlt.data.owndata import (
+    longtail_subsample,
+    read_csv_list,
+    read_image_folder,
+    stratified_split,
+)
+from camlt.data.paths import resolve_paths
+from camlt.data.sources import DataError
+from camlt.data.splitfile import SplitList, apply_label_map, check_labels, read_split_file
+from camlt.data.tensors import BatchLoader, Sampler, TensorImageSet
+
+
+@dataclass(frozen=True)
+class FileBenchmark:
+    """A split-file benchmark: its class count and the split files' usual names."""
+
+    num_classes: int | None
+    train: str | None
+    val: str | None
+    test: str | None
+
+
+FILE_BENCHMARKS = {
+    "imagenet_lt": FileBenchmark(
+        1000, "ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"
+    ),
+    "places_lt": FileBenchmark(
+        365, "Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"
+    ),
+    # iNaturalist 2018 has no test split: its official val split is the test split (BENCHMARKS.md).
+    "inat2018": FileBenchmark(8142, "iNaturalist18_train.txt", None, "iNaturalist18_val.txt"),
+    "split_files": FileBenchmark(None, None, None, None),
+}
+OWN_DATA = ("image_folder", "csv")
+FILE_DATASETS = (*FILE_BENCHMARKS, *OWN_DATA)
+
+ImageSet = TensorImageSet | FileImageSet
+Loader = BatchLoader | FileLoader
+
+
+@dataclass
+class DataSets:
+    """The splits of one config, before batching."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    in_channels: int
+    label_map: dict[int, int] | None = None  # class index -> original label (data.labels=remap)
+    reports: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Loaders:
+    """What a run trains and evaluates on."""
+
+    train: Loader
+    val: Loader | None
+    test: Loader
+    train_set: ImageSet
+    val_set: ImageSet | None
+    test_set: ImageSet
+    in_channels: int
+    label_map: dict[int, int] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train_set.classes
+
+    @property
+    def train_counts(self) -> list[int]:
+        return self.train_set.class_counts()
+
+
+def is_file_dataset(cfg: DictConfig) -> bool:
+    return cfg.data.name in FILE_DATASETS
+
+
+def build_sets(cfg: DictConfig, verbose: bool = True) -> DataSets:
+    """The train / val / test sets of a config (val only where the data has one)."""
+    if not is_file_dataset(cfg):
+        from camlt.data import build_datasets
+
+        train, test = build_datasets(cfg)
+        return DataSets(train, None, test, int(train.images.shape[1]))
+    splits, classes, label_map, reports = _file_splits(cfg)
+    if verbose:
+        for line in reports:
+            print(line, file=sys.stderr, flush=True)
+    sets = {
+        name: _file_set(cfg, split, classes, train=name == "train")
+        for name, split in splits.items()
+        if split is not None
+    }
+    return DataSets(sets["train"], sets.get("val"), sets["test"], 3, label_map, reports)
+
+
+def build_loaders(
+    cfg: DictConfig,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+    sampler: Callable[[ImageSet], Sampler | None] | None = None,
+) -> Loaders:
+    """Loaders of this process's shard; ``train.batch_size`` is the global batch over ``world``.
+
+    ``sampler`` builds the training sampler from the training set (class-aware sampling); it can
+    also be set later as ``loaders.train.sampler``. Evaluation loaders are sharded without
+    padding, so gathering every process's predictions counts each image once.
+    """
+    if cfg.train.batch_size % world:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must divide "
+            f"evenly over {world} processes"
+        )
+    batch = cfg.train.batch_size // world
+    eval_batch = max(256 // world, batch)
+    sets = build_sets(cfg, verbose=rank == 0)
+    shard = (rank, world)
+    cl = cfg.train.channels_last
+    train_sampler = sampler(sets.train) if sampler else None
+    if isinstance(sets.train, TensorImageSet):
+        pad = 4 if cfg.data.augment else 0
+        train = BatchLoader(sets.train, batch, True, cfg.train.seed, pad, train_sampler, shard, cl)
+
+        def make_eval(data: TensorImageSet) -> BatchLoader:
+            return BatchLoader(data, eval_batch, False, shard=shard, channels_last=cl)
+    else:
+        options = LoaderOptions(
+            cfg.train.workers,
+            cfg.train.persistent_workers,
+            cfg.train.pin_memory,
+            cfg.train.prefetch_factor,
+        )
+        train = FileLoader(
+            sets.train, batch, True, cfg.train.seed, train_sampler, shard, cl, options, device
+        )
+
+        def make_eval(data: FileImageSet) -> FileLoader:
+            return FileLoader(
+                data, eval_batch, False, shard=shard, channels_last=cl, options=options,
+                device=device,
+            )  # fmt: skip
+
+    if len(train) == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} exceeds the {len(sets.train)} training images"
+        )
+    return Loaders(
+        train,
+        make_eval(sets.val) if sets.val is not None else None,
+        make_eval(sets.test),
+        sets.train,
+        sets.val,
+        sets.test,
+        sets.in_channels,
+        sets.label_map,
+    )
+
+
+# ----------------------------------------------------------------------------- file datasets
+def _data_path(cfg: DictConfig, name: str | None) -> Path | None:
+    """A split file named in the config, relative to data.root unless absolute."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    if not path.is_absolute() and cfg.data.root:
+        path = Path(cfg.data.root).expanduser() / path
+    return path
+
+
+def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path]:
+    """The raw splits of a file dataset and the directory its paths are relative to."""
+    data = cfg.data
+    if data.name in OWN_DATA:
+        if data.name == "image_folder":
+            if not data.root:
+                raise DataError("data.name=image_folder needs data.root=<folder of class folders>")
+            whole, base = read_image_folder(data.root), Path(data.root)
+        else:
+            if not data.csv_file:
+                raise DataError("data.name=csv needs data.csv_file=<file of path,label rows>")
+            csv_path = _data_path(cfg, data.csv_file)
+            whole = read_csv_list(csv_path)
+            base = Path(data.image_root or csv_path.parent)
+        train, val, test = stratified_split(
+            whole.labels, (data.val_fraction, data.test_fraction), data.split_seed
+        )
+        if len(test) == 0:
+            raise DataError(f"{whole.source}: data.test_fraction=0 leaves no test images")
+        lists = {
+            "train": whole.subset(train),
+            "val": whole.subset(val) if len(val) else None,
+            "test": whole.subset(test),
+        }
+        return lists, base
+    bench = FILE_BENCHMARKS[data.name]
+    names = {
+        "train": data.train_file or bench.train,
+        "val": data.val_file or bench.val,
+        "test": data.test_file or bench.test,
+    }
+    for split in ("train", "test"):
+        if names[split] is None:
+            raise DataError(f"data.name={data.name} needs data.{split}_file=<split file>")
+    if names["val"] is not None and names["val"].lower() == "none":
+        names["val"] = None  # no model selection (the final epoch's model is reported)
+    val_path = _data_path(cfg, names["val"])
+    if val_path is not None and not val_path.is_file():
+        raise DataError(
+            f"val split file not found: {val_path} (it selects the model: best.pt); pass "
+            "data.val_file=PATH, or data.val_file=none to train without model selection"
+        )
+    root = data.image_root or data.root
+    if not root:
+        raise DataError(f"data.name={data.name} needs data.image_root (or data.root)")
+    lists = {k: read_split_file(_data_path(cfg, v)) if v else None for k, v in names.items()}
+    return lists, Path(root)
+
+
+def _file_splits(
+    cfg: DictConfig,
+) -> tuple[dict[str, SplitList | None], list[str], dict[int, int] | None, list[str]]:
+    """Resolved, label-checked splits, the class names, the label table and the reports."""
+    data = cfg.data
+    lists, base = _read_lists(cfg)
+    reports = []
+    mode = "exact" if data.name in OWN_DATA and not data.image_root else data.path_map
+    for name, split in lists.items():
+        if split is None:
+            continue
+        res = resolve_paths(split.paths, base, mode)
+        reports.append(res.report(f"{name} split ({split.source})"))
+        if res.missing:
+            shown = ", ".join(
+                f"{split.source}:{split.lines[i]} {split.paths[i]}" for i in res.missing[:10]
+            )
+            if data.bad_images == "error":
+                raise DataError(
+                    f"{len(res.missing)} of {len(split)} images of the {name} split are missing "
+                    f"under {base}: {shown}; set data.bad_images=skip to train without them, "
+                    "or data.path_map to map the split file's paths"
+                )
+            reports.append(f"{name} split: skipped {len(res.missing)} missing images: {shown}")
+        keep = np.asarray([i for i, f in enumerate(res.files) if f is not None], dtype=np.int64)
+        lists[name] = split.subset(keep)
+        lists[name].paths = [res.files[i] for i in keep]
+    train = lists["train"]
+    bench = FILE_BENCHMARKS.get(data.name)
+    fixed = bench.num_classes if bench else None
+    if train.classes is not None:
+        label_map, originals = None, None
+        num_classes = len(train.classes)
+    else:
+        mapping, originals = check_labels(train, fixed, data.labels)
+        label_map = mapping
+        num_classes = len(originals)
+    for split in lists.values():
+        if split is not None and split is not train:
+            apply_label_map(split, label_map, num_classes)
+    if label_map is not None:
+        apply_label_map(train, label_map, num_classes)
+    if data.subsample:
+        keep, counts = longtail_subsample(
+            train.labels, num_classes, data.n_max, data.imbalance, data.profile, data.split_seed
+        )
+        lists["train"] = train = train.subset(keep)
+        reports.append(
+            f"train split cut to the {data.profile} profile (imbalance {data.imbalance}): "
+            f"{len(train)} images, {max(counts)} .. {min(counts)} per class"
+        )
+    classes = train.classes or _class_names(train, originals)
+    table = dict(enumerate(originals)) if label_map is not None else None
+    return lists, classes, table, reports
+
+
+def _class_names(train: SplitList, originals: list[int] | None) -> list[str]:
+    """A class's folder name when all its training images share one (ImageNet wnids, Places)."""
+    num_classes = int(train.labels.max()) + 1
+    folders: list[set[str]] = [set() for _ in range(num_classes)]
+    for path, label in zip(train.paths, train.labels.tolist(), strict=True):
+        if len(folders[label]) < 2:
+            folders[label].add(Path(path).parent.name)
+    names = []
+    for cls, found in enumerate(folders):
+        label = originals[cls] if originals else cls
+        names.append(next(iter(found)) if len(found) == 1 else f"class {label}")
+    if len(set(names)) != len(names):  # folder names do not identify classes
+        names = [f"class {originals[c] if originals else c}" for c in range(num_classes)]
+    return names
+
+
+def _file_set(cfg: DictConfig, split: SplitList, classes: list[str], train: bool) -> FileImageSet:
+    augment = train and cfg.data.augment
+    return FileImageSet(
+        split.paths,
+        torch.from_numpy(split.labels.astype(np.int64)),
+        classes,
+        imagenet_transform(augment, cfg.data.image_size, cfg.data.resize_size),
+        skip_bad=cfg.data.bad_images == "skip",
+    )

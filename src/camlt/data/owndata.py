@@ -1,0 +1,146 @@
+"""Users' own data: an image-folder tree (one folder per class) or a CSV of ``path,label``.
+
+Both become SplitLists with class names, are split into train/val/test by a seeded
+per-class (stratified) shuffle, and the training part can be cut to a long-tailed profile with
+the same functions as the CIFAR/Fashion-MNIST benchmarks.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from camlt.data.longtail import profile_counts, select_indices
+from camlt.data.sources import DataError
+from camlt.data.splitfile import SplitList
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def read_image_folder(root: str | Path) -> SplitList:
+    """Every image under ``root/<class>/...``; classes are the sorted folder names."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} is not a directory")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class name>/<image>)")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        for dirpath, _dirs, files in os.walk(root / name, followlinks=True):
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            for file in sorted(files):
+                if is_image_name(file):
+                    paths.append(f"{rel}/{file}")
+                    labels.append(label)
+    empty = sorted(set(classes) - {classes[i] for i in set(labels)})
+    if empty:
+        raise DataError(f"{root}: class folders without any image: {', '.join(empty[:10])}")
+    lines = np.arange(1, len(paths) + 1)
+    return SplitList(str(root), paths, np.asarray(labels, dtype=np.int64), lines, classes)
+
+
+def read_csv_list(path: str | Path) -> SplitList:
+    """Rows ``path,label`` (a header row is recognised); labels are integers or class names."""
+    path = Path(path).expanduser()
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except FileNotFoundError:
+        raise DataError(f"CSV file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read CSV ({err})") from None
+    paths, raw, numbers = [], [], []
+    for number, row in enumerate(rows, 1):
+        if not row or not "".join(row).strip() or row[0].startswith("#"):
+            continue
+        if len(row) != 2:
+            raise DataError(f"{path}:{number}: expected 'path,label', found {len(row)} fields")
+        if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+            continue  # header
+        paths.append(row[0].strip())
+        raw.append(row[1].strip())
+        numbers.append(number)
+    if not paths:
+        raise DataError(f"{path}: no 'path,label' row")
+    if all(_is_int(v) for v in raw):
+        huge = [i for i, v in enumerate(raw) if abs(int(v)) >= 2**31]  # would overflow int64
+        if huge:
+            raise DataError(f"{path}:{numbers[huge[0]]}: label {raw[huge[0]]} is out of range")
+        labels = np.asarray([int(v) for v in raw], dtype=np.int64)
+        classes = None
+    else:
+        classes = sorted(set(raw))
+        index = {name: i for i, name in enumerate(classes)}
+        labels = np.asarray([index[v] for v in raw], dtype=np.int64)
+    return SplitList(str(path), paths, labels, np.asarray(numbers), classes)
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) positions: per class, a seeded shuffle cut by the val/test fractions.
+
+    Each class keeps at least one training image; a class with enough images gets at least one
+    val and one test image when the fraction is positive.
+    """
+    val_frac, test_frac = fractions
+    if val_frac < 0 or test_frac < 0 or val_frac + test_frac >= 1:
+        raise DataError(
+            f"data.val_fraction={val_frac}, data.test_fraction={test_frac}: each must be >= 0 "
+            "and their sum below 1"
+        )
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for cls in range(int(labels.max()) + 1):
+        pool = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(pool)
+        n_test = max(1, round(test_frac * n)) if test_frac > 0 and n >= 3 else 0
+        n_val = max(1, round(val_frac * n)) if val_frac > 0 and n - n_test >= 2 else 0
+        parts[2].append(pool[:n_test])
+        parts[1].append(pool[n_test : n_test + n_val])
+        parts[0].append(pool[n_test + n_val :])
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
+
+
+def longtail_subsample(
+    labels: np.ndarray,
+    num_classes: int,
+    n_max: int | None,
+    imbalance: float,
+    profile: str,
+    seed: int,
+) -> tuple[np.ndarray, list[int]]:
+    """Positions to keep so class counts follow the profile; ranks go to the largest classes first."""
+    available = np.bincount(labels, minlength=num_classes)
+    order = sorted(range(num_classes), key=lambda c: (-available[c], c))
+    by_rank = profile_counts(num_classes, n_max or int(available.max()), imbalance, profile)
+    counts = [0] * num_classes
+    for rank, cls in enumerate(order):
+        counts[cls] = by_rank[rank]
+        if counts[cls] > available[cls]:
+            raise DataError(
+                f"data.subsample: class {cls} has {available[cls]} training images but the "
+                f"{profile} profile (n_max={n_max}, imbalance={imbalance}) asks for {counts[cls]}"
+            )
+    try:
+        keep = select_indices(labels, counts, seed)
+    except ValueError as err:
+        raise DataError(f"data.subsample: {err}") from None
+    return keep, counts

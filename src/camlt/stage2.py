@@ -1,0 +1,285 @@
+"""Decoupled two-stage training (Kang et al., "Decoupling representation and classifier").
+
+Stage 1 is any finished run. Stage 2 starts from its directory (``model.init_from``), keeps
+its backbone frozen (eval mode, so BatchNorm statistics stay fixed too; no gradients) and only
+changes the classifier, by ``stage2.method``:
+
+- ``crt``: a new classifier (``model.head``) trained from scratch, usually with
+  ``data.sampler=class`` (classifier re-training);
+- ``taunorm``: no training; the stage-1 linear classifier's weights become
+  ``w_k / ||w_k||^tau`` (tau=0 is the original classifier, tau=1 equal-norm weights);
+- ``lws``: the stage-1 classifier kept, a learned scale per class multiplies its logits
+  (learnable weight scaling);
+- ``posthoc``: no training; the stage-1 model as it is, under this config's test-time settings
+  (e.g. ``loss.posthoc_tau``), so a post-hoc correction needs no second stage-1 run.
+
+The stage-2 checkpoint holds every weight, so evaluating it does not need the stage-1 run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from camlt.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from camlt.config import ConfigError, from_yaml_file
+from camlt.heads import HeadOutput, LinearHead
+from camlt.metrics import evaluate_predictions
+
+METHODS = ("crt", "taunorm", "lws", "posthoc")
+# Methods whose classifier is the stage-1 classifier (so model.head must match stage 1's).
+KEEP_HEAD = ("taunorm", "lws", "posthoc")
+
+
+class Stage2Error(ValueError):
+    """A stage-1 run directory that stage 2 cannot start from."""
+
+
+# ----------------------------------------------------------------------------- modules
+class FrozenBackbone(nn.Module):
+    """A stage-1 backbone held fixed: always in eval mode (BN statistics frozen), no gradients."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.out_channels = body.out_channels
+        for p in body.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        super().train(mode)
+        self.body.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.body(images)
+
+
+class TauNormHead(nn.Module):
+    """GAP + a linear classifier whose weight rows are divided by their norm to the power tau."""
+
+    def __init__(self, base: LinearHead, tau: float, sweep_size: int = 0) -> None:
+        super().__init__()
+        if not isinstance(base, LinearHead):
+            raise Stage2Error(
+                "stage2.method=taunorm needs model.head=linear: tau-normalisation rescales the "
+                f"norms of linear classifier weights, and {type(base).__name__} has none to rescale"
+            )
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("tau", torch.tensor(float(tau)))
+        # where a swept tau was chosen: 0 fixed (stage2.tau), 1 the val split, 2 the TEST split
+        self.register_buffer("chosen_on", torch.tensor(0))
+        # rows (tau, overall accuracy there) of a sweep; sized by the config so checkpoints load
+        self.register_buffer("sweep", torch.zeros(sweep_size, 2))
+
+    def logits_at(self, features: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+        """Logits of pooled features for one tau (the sweep reuses the features)."""
+        weight = self.base.classifier.weight.float()
+        norms = weight.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return F.linear(features.float(), weight / norms**tau, self.base.classifier.bias.float())
+
+    def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        f = fmap.mean(dim=(2, 3))
+        return HeadOutput(self.logits_at(f, self.tau), features=f)
+
+    def describe(self) -> dict:
+        """What the metrics must state: the tau used and where it was chosen."""
+        where = ("fixed (stage2.tau)", "val", "test")[int(self.chosen_on)]
+        info: dict = {"method": "taunorm", "tau": float(self.tau), "tau_chosen_on": where}
+        if len(self.sweep):
+            info[f"tau_sweep_{where}_overall"] = {f"{t:g}": a for t, a in self.sweep.tolist()}
+        return {"stage2": info}
+
+
+class LWSHead(nn.Module):
+    """The stage-1 head, frozen, with a learned scale per class on its logits."""
+
+    def __init__(self, base: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.scales = nn.Parameter(torch.ones(num_classes))
+
+    def train(self, mode: bool = True) -> LWSHead:
+        super().train(mode)
+        self.base.eval()  # e.g. a CAMC head must not update its prototypes in stage 2
+        return self
+
+    def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        with torch.no_grad():
+            out = self.base(fmap, targets)
+        aux = None if out.aux_logits is None else out.aux_logits.float() * self.scales
+        return dataclasses.replace(out, logits=out.logits.float() * self.scales, aux_logits=aux)
+
+
+class FrozenHead(nn.Module):
+    """The stage-1 head unchanged and untrained (posthoc)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenHead:
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        return self.base(fmap, targets)
+
+
+def adapt_model(model: nn.Module, cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The stage-2 form of a freshly built model (weights are loaded later by ``load_stage1``)."""
+    method = cfg.stage2.method
+    if method == "none":
+        return model
+    model.backbone = FrozenBackbone(model.backbone)
+    if method == "taunorm":
+        model.head = TauNormHead(model.head, cfg.stage2.tau, len(cfg.stage2.tau_sweep))
+    elif method == "lws":
+        model.head = LWSHead(model.head, num_classes)
+    elif method == "posthoc":
+        model.head = FrozenHead(model.head)
+    elif method != "crt":
+        raise ConfigError(
+            f"stage2.method='{method}': unknown; expected one of {', '.join(METHODS)}"
+        )
+    return model
+
+
+# ----------------------------------------------------------------------------- the stage-1 run
+def check_stage1(cfg: DictConfig) -> DictConfig:
+    """The stage-1 run's config, after refusing a directory that is missing, unfinished or
+    trained on other data or another backbone; returns its config."""
+    from camlt.engine import CONFIG_FILE, FINAL_FILE  # the engine's file names (no import cycle)
+
+    where = f"model.init_from={cfg.model.init_from}"
+    run_dir = Path(cfg.model.init_from)
+    if not run_dir.is_dir():
+        raise Stage2Error(f"{where}: no such run directory")
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT).is_file():
+        raise Stage2Error(
+            f"{where}: not a finished run directory (expected {CONFIG_FILE} and {CHECKPOINT})"
+        )
+    s1 = from_yaml_file(run_dir / CONFIG_FILE)
+    if not (run_dir / FINAL_FILE).is_file():
+        raise Stage2Error(
+            f"{where}: stage 1 has not finished (no {FINAL_FILE}); "
+            f"finish it first with: camlt train {run_dir} --resume"
+        )
+    if s1.stage2.method != "none":
+        raise Stage2Error(f"{where}: is itself a stage-2 run ({s1.stage2.method}); give stage 1")
+    mismatches = [
+        f"{key}: stage 1 has {s1_value!r}, this config {value!r}"
+        for key, s1_value, value in (
+            ("data.name", s1.data.name, cfg.data.name),
+            ("model.backbone", s1.model.backbone, cfg.model.backbone),
+        )
+        if s1_value != value
+    ]
+    if cfg.stage2.method in KEEP_HEAD and s1.model.head != cfg.model.head:
+        mismatches.append(
+            f"model.head: stage 1 has {s1.model.head!r}, this config {cfg.model.head!r} "
+            f"(stage2.method={cfg.stage2.method} keeps the stage-1 classifier)"
+        )
+    if mismatches:
+        raise Stage2Error(f"{where}: a different setup: " + "; ".join(mismatches))
+    return s1
+
+
+def _check_data(run_dir: Path, final: dict, classes: list[str], counts: list[int]) -> None:
+    """Stage 2 must see the same classes and the same training split as stage 1."""
+    where = f"model.init_from={run_dir}"
+    if len(final["classes"]) != len(classes):
+        raise Stage2Error(
+            f"{where}: stage 1 has {len(final['classes'])} classes, this config {len(classes)}"
+        )
+    if list(final["classes"]) != list(classes) or list(final["train_counts"]) != list(counts):
+        raise Stage2Error(
+            f"{where}: stage 1 was trained on a different training split "
+            f"(class counts {final['train_counts']} against {counts}); match data.* to stage 1"
+        )
+
+
+def load_stage1(run) -> None:
+    """Fill a fresh stage-2 run (``engine.Run``) with the stage-1 weights it starts from."""
+    from camlt.engine import FINAL_FILE
+
+    cfg = run.cfg
+    run_dir = Path(cfg.model.init_from)
+    check_stage1(cfg)
+    final = json.loads((run_dir / FINAL_FILE).read_text())
+    _check_data(run_dir, final, run.train_set.classes, run.train_counts)
+    state = load_checkpoint(run_dir / CHECKPOINT)["model"]
+    model = run.model
+    _load_part(model.backbone.body, state, "backbone.", run_dir)
+    if cfg.stage2.method in KEEP_HEAD:
+        _load_part(model.head.base, state, "head.", run_dir)
+    if cfg.stage2.method == "taunorm" and len(cfg.stage2.tau_sweep):
+        choose_tau(run)
+
+
+def _load_part(module: nn.Module, state: dict, prefix: str, run_dir: Path) -> None:
+    """Load the ``prefix`` part of a stage-1 state dict, naming the run on a mismatch."""
+    part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(part)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"model.init_from={run_dir}: the stage-1 {prefix.rstrip('.')} weights do not fit "
+            f"this config's model: {err}"
+        ) from None
+
+
+@torch.no_grad()
+def choose_tau(run) -> float:
+    """Evaluate every tau of ``stage2.tau_sweep`` and keep the best overall accuracy.
+
+    On the val split when the run has one; else (CIFAR-LT, Fashion-MNIST-LT) on the TEST split,
+    recorded as such in the head and so in every metrics file: an optimistic number.
+    """
+    from camlt.losses import posthoc_adjust
+
+    head: TauNormHead = run.model.head
+    val_loader = getattr(run, "val_loader", None)
+    loader, where = (val_loader, "val") if val_loader is not None else (run.test_loader, "TEST")
+    run.model.eval()
+    feats, labels = [], []
+    for images, y in loader:
+        feats.append(run.model.backbone(images.to(run.device)).float().mean(dim=(2, 3)).cpu())
+        labels.append(y)
+    features, targets = torch.cat(feats), torch.cat(labels)
+    if getattr(run, "dist", None) is not None:  # under torchrun: every process's shard
+        from camlt import distributed
+
+        features = distributed.gather_cat(features, run.dist)
+        targets = distributed.gather_cat(targets, run.dist)
+    results = []
+    for tau in run.cfg.stage2.tau_sweep:
+        logits = posthoc_adjust(
+            head.logits_at(features, tau), run.train_counts, run.cfg.loss.posthoc_tau
+        )
+        overall = evaluate_predictions(logits, targets, run.train_counts)["overall"]
+        results.append((float(tau), overall))
+    best = max(results, key=lambda r: r[1])[0]  # ties: the first listed
+    head.tau.fill_(best)
+    head.chosen_on.fill_(1 if where == "val" else 2)
+    head.sweep.copy_(torch.tensor(results))
+    print(
+        f"tau-norm: tau={best:g} chosen on the {where} split from "
+        + ", ".join(f"{t:g}: {100 * a:.2f}" for t, a in results),
+        flush=True,
+    )
+    return best

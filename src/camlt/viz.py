@@ -1,0 +1,243 @@
+"""Where the network looks: class activation maps of any head, drawn over the input images.
+
+The CAMC head returns its four maps itself (raw CAM, calibrated CAM, cross-data correlation,
+final importance). For heads without maps the raw CAM is computed here from the classifier
+weights: ``<F_u, w_c>`` for a linear classifier, the cosine ``<F_u/|F_u|, w_c/|w_c|>`` for a
+normalized one (the map that classifier actually scores); the CAMC-only maps are shown "n/a".
+Drawing uses matplotlib's Agg canvas directly, so importing this never touches a GUI backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAP_NAMES = ("raw_cam", "calibrated_cam", "correlation", "importance")
+MAP_TITLES = {
+    "raw_cam": "raw CAM",
+    "calibrated_cam": "calibrated CAM",
+    "correlation": "correlation",
+    "importance": "importance",
+}
+PANEL_INCHES = (2.0, 2.3)  # width, height of one panel (the title needs the extra height)
+DPI = 100
+CMAP = "jet"
+ALPHA = 0.5
+
+
+# ----------------------------------------------------------------------------- maps
+def _accepts(module: nn.Module, name: str) -> bool:
+    """Whether a head's forward takes a keyword (the CAMC head's ``return_maps``)."""
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def classifier_cam(
+    head: nn.Module, fmap: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor | None:
+    """The raw CAM of a head without maps, (B, h, w) for each image's class; None if unknown."""
+    clf = getattr(head, "classifier", None)
+    fmap = fmap.float()
+    if isinstance(clf, nn.Linear):
+        weight = clf.weight.float()[classes]  # (B, C)
+        return torch.einsum("bchw,bc->bhw", fmap, weight)
+    if hasattr(clf, "unit_weight"):  # NormalizedClassifier: the cosine map it scores
+        weight = clf.unit_weight()[classes]
+        return torch.einsum("bchw,bc->bhw", F.normalize(fmap, dim=1), weight)
+    return None
+
+
+@dataclass
+class MapResult:
+    """Logits of a batch and the maps (B, h, w) for ``classes``; None marks a map the head lacks."""
+
+    logits: torch.Tensor
+    classes: torch.Tensor
+    maps: dict[str, torch.Tensor | None]
+
+
+def map_head(head: nn.Module) -> nn.Module:
+    """The head that holds the maps: stage-2 wrappers (tau-norm, LWS, posthoc) keep it as ``base``.
+
+    Their per-class rescaling of a logit rescales that class's map by a positive factor, which
+    the min-max display does not show.
+    """
+    while isinstance(getattr(head, "base", None), nn.Module):
+        head = head.base
+    return head
+
+
+@torch.no_grad()
+def compute_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MapResult:
+    """Maps of normalised ``images`` for ``classes`` (default: each image's top prediction).
+
+    ``adjust`` is the test-time logit correction evaluation applies (``LoadedModel.adjust``).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        fmap = model.backbone(images)
+        logits = model.head(fmap).logits.float()
+        logits = adjust(logits) if adjust else logits
+        classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+        head = map_head(model.head)
+        if _accepts(head, "return_maps"):
+            out = head(fmap, return_maps=True, map_class=classes)
+            maps = {name: out.maps.get(name) for name in MAP_NAMES}
+        else:
+            maps = dict.fromkeys(MAP_NAMES)
+            maps["raw_cam"] = classifier_cam(head, fmap, classes)
+    finally:
+        model.train(was_training)
+    maps = {k: None if v is None else v.detach().float().cpu() for k, v in maps.items()}
+    return MapResult(logits.cpu(), classes.cpu(), maps)
+
+
+def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One (h, w) map bilinearly resized to the image size, min-max scaled to [0, 1]."""
+    big = F.interpolate(cam[None, None].float(), size=size, mode="bilinear", align_corners=False)
+    big = big[0, 0]
+    lo, hi = big.min(), big.max()
+    scaled = (big - lo) / (hi - lo) if hi > lo else torch.zeros_like(big)
+    return scaled.numpy()
+
+
+def image_rgb(image: torch.Tensor) -> np.ndarray:
+    """A uint8 (C, H, W) tensor as an (H, W, 3) float array in [0, 1] for display."""
+    arr = image.float().div(255).permute(1, 2, 0).numpy()
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
+
+
+def overlay_rgb(image: torch.Tensor, cam: torch.Tensor | None) -> np.ndarray:
+    """The image blended with a colour-mapped map; a dimmed image when there is no map."""
+    from matplotlib import colormaps
+
+    base = image_rgb(image)
+    if cam is None:
+        return base * 0.35 + 0.4
+    heat = colormaps[CMAP](upsample(cam, base.shape[:2]))[:, :, :3]
+    return (1 - ALPHA) * base + ALPHA * heat
+
+
+# ----------------------------------------------------------------------------- figures
+@dataclass
+class CamRow:
+    """One row of panels: an image, its maps for one class, and the row's caption."""
+
+    image: torch.Tensor  # uint8 (C, H, W), the model's input before normalisation
+    maps: dict[str, torch.Tensor | None]
+    caption: str
+
+
+def figure_pixels(rows: int, cols: int = 1 + len(MAP_NAMES)) -> tuple[int, int]:
+    """(width, height) in pixels of a CAM figure, so callers and tests know its size."""
+    return round(cols * PANEL_INCHES[0] * DPI), round(rows * PANEL_INCHES[1] * DPI)
+
+
+def cam_figure(rows: Sequence[CamRow]):
+    """A matplotlib Figure: per row the image, then each of the four maps overlaid on it."""
+    from matplotlib.figure import Figure
+
+    cols = 1 + len(MAP_NAMES)
+    width, height = figure_pixels(len(rows), cols)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(image_rgb(row.image), interpolation="nearest")
+        axes[r, 0].set_title(row.caption, fontsize=8)
+        for c, name in enumerate(MAP_NAMES, 1):
+            cam = row.maps.get(name)
+            ax = axes[r, c]
+            ax.imshow(overlay_rgb(row.image, cam), interpolation="bilinear")
+            if cam is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(f"{MAP_TITLES[name]}\n(CAMC only)", fontsize=8)
+            else:
+                lo, hi = cam.min().item(), cam.max().item()
+                ax.set_title(f"{MAP_TITLES[name]}\n[{lo:.2g}, {hi:.2g}]", fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    title_room = 0.45 / (PANEL_INCHES[1] * len(rows))  # two title lines above the first row
+    fig.subplots_adjust(0.01, 0.01, 0.99, 1 - title_room, wspace=0.05, hspace=0.45)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG at its own size (no tight cropping, so the size is predictable)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def cam_rows_for(
+    loaded, images: torch.Tensor, captions: Sequence[str], classes: torch.Tensor | None
+) -> tuple[list[CamRow], MapResult]:
+    """Rows for a batch of uint8 images and the class to map in each (None: predicted)."""
+    from camlt.predict import normalise
+
+    batch = normalise(images, loaded.spec).to(loaded.device)
+    result = compute_maps(loaded.model, batch, classes, loaded.adjust)
+    rows = [
+        CamRow(images[i], {k: None if v is None else v[i] for k, v in result.maps.items()}, cap)
+        for i, cap in enumerate(captions)
+    ]
+    return rows, result
+
+
+def write_cam_images(
+    loaded,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    labels: Sequence[int | None] | None = None,
+    warn=None,
+) -> list[Path]:
+    """One PNG per decodable image: maps for the predicted class and, if labelled, the true one."""
+    from camlt.predict import load_images
+
+    out_dir = Path(out_dir)
+    label_of = dict(zip(paths, labels or [None] * len(paths), strict=True))
+    kept, images = load_images(paths, loaded.spec, warn)
+    if images is None:
+        return []
+    written, used = [], set()
+    pred_rows, pred = cam_rows_for(loaded, images, [""] * len(kept), None)
+    probs = pred.logits.softmax(dim=1)
+    for i, path in enumerate(kept):
+        top = int(pred.classes[i])
+        row = pred_rows[i]
+        row.caption = f"{path.name}\npredicted {loaded.classes[top]} ({100 * probs[i, top]:.0f}%)"
+        rows = [row]
+        label = label_of[path]
+        if label is not None:
+            true_rows, _ = cam_rows_for(loaded, images[i : i + 1], [""], torch.tensor([label]))
+            true_rows[0].caption = (
+                f"true {loaded.classes[label]} ({100 * probs[i, label]:.0f}%)"
+                + (" = predicted" if label == top else "")
+            )
+            rows.append(true_rows[0])
+        name = f"{path.stem}_cam.png"
+        n = 1
+        while name in used:  # same file name in two folders
+            n += 1
+            name = f"{path.stem}_{n}_cam.png"
+        used.add(name)
+        written.append(save_figure(cam_figure(rows), out_dir / name))
+    return written

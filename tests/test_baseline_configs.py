@@ -1,0 +1,72 @@
+"""The baselines' recipes load, and the table runner runs a stage-2 row after its stage-1 row."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from camlt.config import load_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import baselines  # noqa: E402
+import table  # noqa: E402
+
+RECIPES = sorted((ROOT / "configs" / "baselines").glob("*.yaml")) + sorted(
+    (ROOT / "configs").glob("stage2_*.yaml")
+)
+
+
+def _stage2(path: Path) -> bool:
+    return path.name.startswith("stage2_") or "method:" in path.read_text()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_baseline_recipe_loads(path):
+    extra = ["model.init_from=runs/stage1"] if _stage2(path) else []
+    cfg = load_config(path, extra)
+    assert cfg.train.epochs in ((0,) if cfg.stage2.method in ("taunorm", "posthoc") else (10, 200))
+    if path.name.startswith("cifar"):
+        assert cfg.data.name == path.name.split("_lt")[0] + "_lt" and cfg.data.imbalance == 100
+    if "ldam_drw" in path.name:
+        assert cfg.loss.drw_epoch == 160 and cfg.loss.ldam_scale == cfg.model.scale == 30
+
+
+def test_every_row_of_the_baselines_table_loads():
+    assert len({row.name for row in baselines.ROWS}) == len(baselines.ROWS)
+    for row in baselines.ROWS:
+        extra = ["model.init_from=runs/stage1"] if row.depends else []
+        cfg = load_config(ROOT / row.config, row.overrides + extra)
+        assert cfg.data.name == "fmnist_lt" and cfg.data.order == "hard"
+        assert cfg.data.imbalance == 100 and cfg.model.backbone == "resnet32"
+        if not row.depends:
+            assert cfg.train.epochs == 30
+
+
+def test_a_dependent_row_runs_after_its_stage1_with_init_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "RESULTS", tmp_path / "results")
+    commands, real_run = [], table.subprocess.run
+
+    def fake_run(cmd, *args, **kwargs):
+        if "camlt.cli" not in cmd:  # e.g. the runner asking git for the commit
+            return real_run(cmd, *args, **kwargs)
+        commands.append(cmd)
+        run_dir = Path(next(c for c in cmd if c.startswith("train.run_dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "b"]}
+        (run_dir / "final_metrics.json").write_text(json.dumps({**final, "epochs": 1}))
+
+    monkeypatch.setattr(table.subprocess, "run", fake_run)
+    rows = [
+        table.Row("CE", "configs/fmnist_lt.yaml", ["model.head=linear"]),
+        table.Row("cRT", "configs/stage2_crt.yaml", depends="CE"),
+    ]
+    table.fill("t", rows, (3,), tmp_path / "runs", ["train.epochs=5", "train.threads=1"], ["cRT"])
+    assert len(commands) == 2  # the stage-1 row ran first although --rows named only cRT
+    stage1, stage2 = commands
+    assert "train.epochs=5" in stage1 and "train.epochs=5" not in stage2
+    assert f"model.init_from={tmp_path / 'runs' / 'CE-seed3'}" in stage2
+    assert "train.threads=1" in stage2
+    table.fill("t", rows, (3,), tmp_path / "runs", ["train.epochs=5", "train.threads=1"])
+    assert len(commands) == 2  # both kept, nothing rerun

@@ -1,0 +1,177 @@
+"""Each loss against values computed by hand (scalar math, no torch loss code) on one small batch."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from camlt.config import ConfigError, LossConfig
+from camlt.losses import (
+    LOSSES,
+    build_loss,
+    effective_number_weights,
+    log_prior,
+    posthoc_adjust,
+)
+
+Z = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
+Y = [0, 2]
+COUNTS = [100, 10, 1]
+
+
+def loss_cfg(**values):
+    """A LossConfig with ldam_scale given (its default follows model.scale, absent here)."""
+    values.setdefault("ldam_scale", 1.0)
+    return OmegaConf.merge(OmegaConf.structured(LossConfig), values)
+
+
+def compute(name: str, counts=COUNTS, epoch: int | None = None, **values) -> float:
+    loss = build_loss(loss_cfg(name=name, **values), counts)
+    if epoch is not None:
+        loss.set_epoch(epoch)
+    return loss(torch.tensor(Z), torch.tensor(Y)).item()
+
+
+def ce_by_hand(row, target, shift=(0.0, 0.0, 0.0)) -> float:
+    z = [v + s for v, s in zip(row, shift, strict=True)]
+    return math.log(sum(math.exp(v) for v in z)) - z[target]
+
+
+def test_cross_entropy_matches_a_literal_value():
+    # log(e^2 + 1 + e^-1) - 2 = 0.169846 and log(e^.5 + e^1.5 + 1) = 1.964369
+    assert compute("ce") == pytest.approx((0.169846 + 1.964369) / 2, abs=1e-5)
+
+
+def test_focal_loss_by_hand():
+    expected = []
+    for row, t in zip(Z, Y, strict=True):
+        ce = ce_by_hand(row, t)
+        expected.append((1 - math.exp(-ce)) ** 2 * ce)
+    assert compute("focal", focal_gamma=2.0) == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert compute("focal", focal_gamma=0.0) == pytest.approx(compute("ce"), rel=1e-6)
+
+
+def test_class_balanced_focal_by_hand():
+    beta, gamma = 0.9, 1.0
+    raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
+    w = [r * 3 / sum(raw) for r in raw]
+    terms = []
+    for row, t in zip(Z, Y, strict=True):
+        ce = ce_by_hand(row, t)
+        terms.append(w[t] * (1 - math.exp(-ce)) ** gamma * ce)
+    got = compute("cb", cb_beta=beta, focal_gamma=gamma, cb_base="focal")
+    assert got == pytest.approx(sum(terms) / 2, rel=1e-5)  # mean(w_y * l), Cui et al.
+    ce_terms = [w[t] * ce_by_hand(row, t) for row, t in zip(Z, Y, strict=True)]
+    assert compute("cb", cb_beta=beta, cb_base="ce") == pytest.approx(sum(ce_terms) / 2, rel=1e-5)
+
+
+def test_effective_number_weights_limits():
+    assert torch.allclose(effective_number_weights(COUNTS, 0.0), torch.ones(3))
+    inverse = torch.tensor([1 / 100, 1 / 10, 1.0])
+    expected = inverse * 3 / inverse.sum()
+    assert torch.allclose(effective_number_weights(COUNTS, 1 - 1e-9), expected, rtol=1e-3)
+
+
+def test_ldam_by_hand():
+    scale, max_margin = 2.0, 0.5
+    margins = [n**-0.25 for n in COUNTS]
+    margins = [m * max_margin / max(margins) for m in margins]  # [0.158, 0.281, 0.5]
+    expected = []
+    for row, t in zip(Z, Y, strict=True):
+        shift = [-scale * margins[t] if c == t else 0.0 for c in range(3)]
+        expected.append(ce_by_hand(row, t, shift))
+    got = compute("ldam", ldam_scale=scale, ldam_max_margin=max_margin)
+    assert got == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert compute("ldam", ldam_max_margin=0.0) == pytest.approx(compute("ce"), rel=1e-6)
+
+
+def test_ldam_scale_follows_the_normalized_heads_scale_by_default(tiny_cfg):
+    assert tiny_cfg("model.scale=30").loss.ldam_scale == 30.0
+    assert tiny_cfg("model.scale=30", "loss.ldam_scale=1").loss.ldam_scale == 1.0
+
+
+def test_deferred_reweighting_switches_on_at_its_epoch():
+    beta = 0.99
+    raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
+    w = [r * 3 / sum(raw) for r in raw]
+    ce = [ce_by_hand(row, t) for row, t in zip(Z, Y, strict=True)]
+    weighted = (w[0] * ce[0] + w[2] * ce[1]) / (w[0] + w[2])  # sum w l / sum w, Cao et al.
+    for name, extra in (("ce", {}), ("ldam", {"ldam_max_margin": 0.0})):
+        before = compute(name, epoch=1, drw_epoch=2, drw_beta=beta, **extra)
+        after = compute(name, epoch=2, drw_epoch=2, drw_beta=beta, **extra)
+        assert before == pytest.approx(sum(ce) / 2, rel=1e-5)
+        assert after == pytest.approx(weighted, rel=1e-5)
+
+
+def test_balanced_softmax_and_logit_adjustment_by_hand():
+    prior = [n / sum(COUNTS) for n in COUNTS]
+    for name, tau in (("balanced_softmax", 1.0), ("logit_adjust", 1.0), ("logit_adjust", 0.5)):
+        shift = [tau * math.log(p) for p in prior]
+        expected = sum(ce_by_hand(row, t, shift) for row, t in zip(Z, Y, strict=True)) / 2
+        assert compute(name, la_tau=tau) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["balanced_softmax", "logit_adjust"])
+def test_prior_losses_equal_cross_entropy_for_a_uniform_prior(name):
+    logits, targets = (
+        torch.randn(32, 5, generator=torch.Generator().manual_seed(0)),
+        torch.arange(32) % 5,
+    )
+    loss = build_loss(loss_cfg(name=name, la_tau=2.0), [7] * 5)
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    assert torch.allclose(loss(logits, targets), expected, atol=1e-6)
+    assert not torch.allclose(
+        build_loss(loss_cfg(name=name), COUNTS + [5, 5])(logits, targets), expected
+    )
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_computes_in_float32(name):
+    loss = build_loss(loss_cfg(name=name), COUNTS)
+    value = loss(torch.tensor(Z, dtype=torch.bfloat16), torch.tensor(Y))
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+def test_posthoc_adjustment_subtracts_tau_log_prior():
+    logits = torch.tensor(Z)
+    assert posthoc_adjust(logits, COUNTS, 0.0) is logits
+    prior = torch.tensor([n / 111 for n in COUNTS]).log()
+    assert torch.allclose(posthoc_adjust(logits, COUNTS, 0.5), logits - 0.5 * prior)
+    assert torch.allclose(log_prior([2, 2]), torch.tensor([math.log(0.5)] * 2))
+
+
+def test_unknown_loss_names_the_valid_ones():
+    with pytest.raises(
+        ValueError, match="loss.name='hinge'.*ce, focal, cb, ldam, balanced_softmax"
+    ):
+        build_loss(loss_cfg(name="hinge"), COUNTS)
+
+
+def test_bad_loss_settings_are_refused(tiny_cfg):
+    with pytest.raises(ConfigError, match="loss.cb_base='l2'.*ce, focal"):
+        tiny_cfg("loss.cb_base=l2")
+    with pytest.raises(ConfigError, match="loss.cb_beta=1.0: must be in"):
+        tiny_cfg("loss.cb_beta=1.0")
+    with pytest.raises(ConfigError, match="drw_epoch"):
+        tiny_cfg("loss.drw_epoch=-1")
+
+
+def test_posthoc_tau_changes_evaluation_only(tiny_cfg, tmp_path):
+    from camlt import engine
+
+    plain = engine.train(
+        tiny_cfg("train.epochs=1", f"train.run_dir={tmp_path / 'a'}"), tmp_path / "a"
+    )
+    cfg = tiny_cfg("train.epochs=1", "loss.posthoc_tau=3", f"train.run_dir={tmp_path / 'b'}")
+    adjusted = engine.train(cfg, tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same training
+    assert adjusted["per_class"] != plain["per_class"]  # different test-time predictions
+    assert engine.evaluate_checkpoint(tmp_path / "b")[0] == adjusted
+
+
+def test_load_config_accepts_every_loss(tiny_cfg):
+    for name in LOSSES:
+        assert tiny_cfg(f"loss.name={name}").loss.name == name
