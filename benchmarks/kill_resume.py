@@ -136,7 +136,8 @@ def trial(index: int, rng: random.Random, data_root: Path, work: Path, args, win
                 )
                 continue
             if proc.returncode == 0 and kills == 0:
-                window[1] = max(window[0] + 0.5, 0.95 * (time.perf_counter() - began))
+                took = time.perf_counter() - began  # both ends shrink: never an endless retry
+                window[:] = [min(window[0], 0.6 * took), 0.95 * took]
                 shutil.rmtree(run_dir)
                 continue
         else:

@@ -21,6 +21,8 @@ import torch
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
+_UMASK = os.umask(0o022)  # read the process umask (os.umask can only read it by setting it)
+os.umask(_UMASK)
 
 
 class CheckpointError(RuntimeError):
@@ -32,6 +34,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

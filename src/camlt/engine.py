@@ -300,7 +300,7 @@ def predict(
     for images, y in loader:
         with ctx:
             logits.append(run_model(images.to(device)).logits.float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(logits), torch.cat(labels)
 
 

@@ -139,6 +139,10 @@ def build_loaders(
     cl = cfg.train.channels_last
     train_sampler = sampler(sets.train) if sampler else None
     if isinstance(sets.train, TensorImageSet):
+        if torch.device(device).type == "cuda":  # small sets live on the GPU: no per-batch copy
+            for data in (sets.train, sets.val, sets.test):
+                if data is not None:
+                    data.to(device)
         pad = 4 if cfg.data.augment else 0
         train = BatchLoader(sets.train, batch, True, cfg.train.seed, pad, train_sampler, shard, cl)
 

@@ -1,0 +1,23 @@
+"""Copy every results file into its README block: `<!-- table:NAME -->` gets results/NAME.md.
+
+    python benchmarks/readme_sync.py
+"""
+
+from __future__ import annotations
+
+import re
+
+from table import RESULTS, ROOT, update_readme
+
+
+def main() -> None:
+    names = re.findall(r"<!-- table:([\w.-]+) -->", (ROOT / "README.md").read_text())
+    for name in names:
+        path = RESULTS / f"{name}.md"
+        text = path.read_text() if path.is_file() else "Not run yet.\n"
+        update_readme(name, text)
+        print(f"{name}: {'from ' + path.name if path.is_file() else 'not run yet'}")
+
+
+if __name__ == "__main__":
+    main()
