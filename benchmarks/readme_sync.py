@@ -1,6 +1,6 @@
 """Copy every results file into its README block: `<!-- table:NAME -->` gets results/NAME.md.
 
-    python benchmarks/readme_sync.py
+python benchmarks/readme_sync.py
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
     data=st.data(),
 )
 @example(fmt="PNG", how="bomb", data=None)
+@example(fmt="GIF", how="huge", data=None)  # found by hypothesis: DecompressionBombError escaped
 def test_damaged_images_are_decoded_or_refused(fmt, how, data, tmp_path):
     raw = VALID[fmt]
     if how == "truncate":
@@ -66,6 +67,8 @@ def test_damaged_images_are_decoded_or_refused(fmt, how, data, tmp_path):
         raw = bytes(out)
     elif how == "empty":
         raw = b""
+    elif how == "huge":  # a GIF whose screen size says 65535 x 65535
+        raw = raw[:6] + b"\xff\xff\xff\xff" + raw[10:]
     else:
         raw = png_header_claiming(100_000, 100_000)
     path = tmp_path / f"image.{fmt.lower()}"

@@ -38,7 +38,9 @@ class DataConfig:
     val_file: str | None = None  # the split that selects the model (best.pt); never the test split
     test_file: str | None = None
     csv_file: str | None = None  # data.name=csv: rows path,label (integer or class name)
-    path_map: str = "auto"  # auto | exact | suffix | OLD->NEW (split-file prefixes, docs/datasets.md)
+    path_map: str = (
+        "auto"  # auto | exact | suffix | OLD->NEW (split-file prefixes, docs/datasets.md)
+    )
     labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
     bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
     val_fraction: float = 0.0  # image_folder / csv: seeded per-class split fractions

@@ -307,7 +307,10 @@ def predict(
 def evaluate(run: Run, loader: object | None = None) -> dict:
     """Metrics on the test split (or ``loader``), gathered over every process."""
     logits, labels = predict(run.model, loader or run.test_loader, run.device, run.dtype)
-    logits, labels = distributed.gather_cat(logits, run.dist), distributed.gather_cat(labels, run.dist)
+    logits, labels = (
+        distributed.gather_cat(logits, run.dist),
+        distributed.gather_cat(labels, run.dist),
+    )
     logits = posthoc_adjust(logits, run.train_counts, run.cfg.loss.posthoc_tau)
     metrics = evaluate_predictions(logits, labels, run.train_counts)
     describe = getattr(run.model.head, "describe", None)  # e.g. tau-norm states its tau

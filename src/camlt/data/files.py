@@ -75,7 +75,8 @@ class FileImageSet(Dataset):
         path = self.files[index]
         try:
             image = decode(path)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        # a damaged header can claim billions of pixels: PIL refuses it with a non-OSError
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
             if not self.skip_bad:
                 raise DataError(
                     f"{path}: cannot decode image ({err}); set data.bad_images=skip to drop "
