@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from camlt.checkpoint import atomic_write_json, atomic_write_text
 from camlt.config import load_config
-from camlt.engine import build_run, evaluate, train_one_epoch
+from camlt.engine import build_run, build_scheduler, evaluate, train_one_epoch
 from camlt.heads import NormalizedHead
 from camlt.models import LongTailClassifier, create_backbone
 
@@ -123,14 +123,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.train.lr, momentum=0.9, weight_decay=cfg.train.weight_decay
     )
-    steps = len(train_loader) * args.epochs
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        cfg.train.lr,
-        total_steps=steps,
-        pct_start=len(train_loader) / steps,
-        anneal_strategy="cos",
-    )
+    scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))  # the same schedule
     ref = [reference_epoch(model, train_loader, optimizer, scheduler) for _ in range(args.epochs)]
     ref_acc = reference_accuracy(model, test_loader)
 
