@@ -208,18 +208,26 @@ def main(
     parser = argparse.ArgumentParser(description=f"Fill and render the '{table}' table.")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds))
     parser.add_argument("--rows", nargs="+", help="only these rows")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "benchmarks" / table)
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="where the runs live (default runs/benchmarks/<budget>: shared by every table, so "
+        "a row that two tables both list, e.g. 'hard: CE + linear', is trained once)",
+    )
     parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     parser.add_argument(
         "overrides", nargs="*", help="extra overrides for every row, e.g. train.epochs=200"
     )
     args = parser.parse_args(argv)
+    budget = "recipe"
     if args.overrides:  # a different budget is a different table, never mixed with this one
-        table = table + "-" + "-".join(o.replace("/", "_").replace("=", "") for o in args.overrides)
+        budget = "-".join(o.replace("/", "_").replace("=", "") for o in args.overrides)
+        table = f"{table}-{budget}"
+    runs_dir = args.runs_dir or ROOT / "runs" / "benchmarks" / budget
     if args.rows:
         unknown = set(args.rows) - {r.name for r in rows}
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; the rows are {[r.name for r in rows]}")
     if not args.render_only:
-        fill(table, rows, tuple(args.seeds), args.runs_dir, args.overrides, args.rows)
+        fill(table, rows, tuple(args.seeds), runs_dir, args.overrides, args.rows)
     print(render(table, rows, title, extra_columns))
