@@ -83,3 +83,15 @@ def test_gather_is_identity_on_one_process():
     t = torch.arange(6).view(3, 2)
     assert distributed.gather_cat(t, distributed.DistInfo()) is t
     assert distributed.sum_across([1.0, 2.0], distributed.DistInfo()) == [1.0, 2.0]
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_camc_prototypes_learn_from_the_global_batch(tmp_path, fmnist_root):
+    """Every rank updates P from the whole global batch, as one process does."""
+    camc = ("model.head=camc", "model.camc.mu=0.5")  # a fast-moving P shows any difference
+    one = run_training(tmp_path / "one", fmnist_root, 1, *camc)
+    two = run_training(tmp_path / "two", fmnist_root, 2, *camc)
+    p_one = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]["head.P"]
+    p_two = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]["head.P"]
+    assert torch.allclose(p_one, p_two, atol=1e-5)
+    assert one["metrics"]["per_class"] == two["metrics"]["per_class"]

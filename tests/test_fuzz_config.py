@@ -9,11 +9,11 @@ exception, or a value that changed on the way, fails the test.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from fuzz_settings import examples
+from hypothesis import example, given
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,13 +30,8 @@ from camlt.config import (
 
 # Parsing alone is fast (200 examples); a full load builds the OmegaConf schema (~0.15 s), so
 # the end-to-end properties try fewer. CAMLT_FUZZ_EXAMPLES=N raises both for a deeper search.
-DEEP = int(os.environ.get("CAMLT_FUZZ_EXAMPLES", "0"))
-FAST = settings(
-    max_examples=DEEP or 200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-SLOW = settings(FAST, max_examples=DEEP or 20)
+FAST = examples(200)
+SLOW = examples(20)
 
 
 def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import pickle
 import shutil
 import struct
@@ -16,7 +15,8 @@ import struct
 import numpy as np
 import pytest
 from conftest import write_cifar, write_fmnist
-from hypothesis import HealthCheck, example, given, settings
+from fuzz_settings import examples
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from camlt.data.sources import (
@@ -28,13 +28,8 @@ from camlt.data.sources import (
     read_idx,
 )
 
-DEEP = int(os.environ.get("CAMLT_FUZZ_EXAMPLES", "0"))
-FAST = settings(
-    max_examples=DEEP or 200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-SLOW = settings(FAST, max_examples=DEEP or 40)  # each example reads a whole (tiny) dataset
+FAST = examples(200)
+SLOW = examples(40)  # each example reads a whole (tiny) dataset
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 

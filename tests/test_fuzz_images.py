@@ -5,25 +5,20 @@ no other exception escapes from the dataset."""
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from fuzz_settings import examples
+from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
 from camlt.data.files import FileImageSet, imagenet_transform
 from camlt.data.sources import DataError
 
-DEEP = int(os.environ.get("CAMLT_FUZZ_EXAMPLES", "0"))
-FAST = settings(
-    max_examples=DEEP or 100,  # each example decodes an image twice
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+FAST = examples(100)
 
 
 def encoded(fmt: str) -> bytes:

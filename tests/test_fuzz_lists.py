@@ -6,21 +6,15 @@ accepted holds exactly the (path, label) lines the file has.
 
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, example, given, settings
+from fuzz_settings import examples
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from camlt.data.owndata import read_csv_list
 from camlt.data.sources import DataError
 from camlt.data.splitfile import read_split_file
 
-DEEP = int(os.environ.get("CAMLT_FUZZ_EXAMPLES", "0"))
-FAST = settings(
-    max_examples=DEEP or 200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+FAST = examples(200)
 names = st.text(
     st.characters(blacklist_categories=["Cc", "Cs", "Zl", "Zp"]), min_size=1, max_size=12
 )

@@ -278,7 +278,7 @@ class CAMCHead(nn.Module):
     @torch.no_grad()
     def _update_prototypes(self, g: torch.Tensor, targets: torch.Tensor) -> None:
         """P_c <- normalize(mu P_c + (1 - mu) mean ĝ_i over the batch's images of class c)."""
-        g_hat = nnf.normalize(g.detach().float(), dim=1)
+        g_hat, targets = _whole_batch(nnf.normalize(g.detach().float(), dim=1), targets)
         classes = targets.unique()
         member = (classes[:, None] == targets[None, :]).float()  # deterministic class means
         mean = (member @ g_hat) / member.sum(1, keepdim=True)
@@ -299,6 +299,23 @@ class CAMCHead(nn.Module):
         raw = torch.einsum("bc,bcu->bu", w_raw, F_u)
         maps = {"raw_cam": raw, "calibrated_cam": m, "correlation": r, "importance": a}
         return {name: t.detach().reshape(B, H, Wd) for name, t in maps.items()}
+
+
+def _whole_batch(*parts: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor gathered over every process under torch.distributed (equal batch sizes).
+
+    Every rank then makes the same prototype update from the whole global batch, as one process
+    would; otherwise DDP's buffer broadcast would keep rank 0's update alone.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(parts)
+    out = []
+    for t in parts:
+        pieces = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, t.contiguous())
+        out.append(torch.cat(pieces))
+    return out
 
 
 def _rows_times(M: torch.Tensor, idx: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from camlt.models.registry import register_backbone
@@ -27,6 +26,8 @@ class TorchvisionFeatures(nn.Module):
 
     def __init__(self, name: str, in_channels: int = 3, pretrained: str | None = None) -> None:
         super().__init__()
+        import torchvision  # here, not at module level: it costs seconds of every CLI start
+
         net = getattr(torchvision.models, name)(weights=None)
         if pretrained:
             load_pretrained(net, pretrained)
