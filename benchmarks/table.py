@@ -51,9 +51,9 @@ def run_dir_of(name: str, seed: int, runs_dir: Path) -> Path:
     return runs_dir / f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', name)}-seed{seed}"
 
 
-def machine() -> str:
-    """The device a result came from, as a table must state it."""
-    if torch.cuda.is_available():
+def machine(device: str = "auto") -> str:
+    """The device a result came from, as a table must state it (``device``: the run's train.device)."""
+    if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     cpu = next(
         (
@@ -101,7 +101,7 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
         "seed": seed,
         "row": row.name,
         "overrides": row.overrides + extra,
-        "machine": machine(),
+        "machine": machine(final["config"]["train"]["device"]),
         "torch": torch.__version__,
         "wall_s": round(time.time() - start, 1),
     }

@@ -7,7 +7,7 @@ with the key's name and the valid alternatives, before any data is read.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,8 @@ def _read_yaml(path: Path) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, loss, train)")
+        sections = ", ".join(f.name for f in fields(Config))
+        raise ConfigError(f"{path}: expected a mapping of sections ({sections})")
     return loaded
 
 
