@@ -101,7 +101,7 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
         "seed": seed,
         "row": row.name,
         "overrides": row.overrides + extra,
-        "machine": machine(final["config"]["train"]["device"]),
+        "machine": machine(final.get("config", {}).get("train", {}).get("device", "auto")),
         "torch": torch.__version__,
         "wall_s": round(time.time() - start, 1),
     }
