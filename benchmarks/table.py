@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +53,7 @@ def run_dir_of(name: str, seed: int, runs_dir: Path) -> Path:
     return runs_dir / f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', name)}-seed{seed}"
 
 
-def machine(device: str = "auto") -> str:
+def machine(device: str = "auto", threads: int = 0) -> str:
     """The device a result came from, as a table must state it (``device``: the run's train.device)."""
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -63,15 +65,19 @@ def machine(device: str = "auto") -> str:
         ),
         platform.processor() or "CPU",
     )
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    return f"{cpu} ({threads or torch.get_num_threads()} threads)"
 
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
-    """Train (or resume) one (row, seed) in a subprocess; return its final metrics file."""
+def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int = 0) -> dict:
+    """Train (or resume) one (row, seed) in a subprocess; return its final metrics file.
+
+    ``threads`` > 0 runs it with that many CPU threads and its output in ``<run dir>.log`` (the
+    parallel mode of ``--jobs``); 0 inherits the threads and the terminal.
+    """
     run_dir = run_dir_of(row.name, seed, runs_dir)
     if row.depends:
         extra = [o for o in extra if not o.startswith(STAGE1_ONLY)]
@@ -91,7 +97,14 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
     ]
     print("+", " ".join(cmd), flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    if threads:
+        log = run_dir.with_name(run_dir.name + ".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with open(log, "a") as out:
+            subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     return {
         "metrics": final["metrics"],
@@ -101,10 +114,43 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> dict:
         "seed": seed,
         "row": row.name,
         "overrides": row.overrides + extra,
-        "machine": machine(final.get("config", {}).get("train", {}).get("device", "auto")),
+        "machine": machine(
+            final.get("config", {}).get("train", {}).get("device", "auto"),
+            threads or torch.get_num_threads(),
+        ),
         "torch": torch.__version__,
         "wall_s": round(time.time() - start, 1),
     }
+
+
+def plan(
+    rows: list[Row], seeds: tuple[int, ...], results: dict, only: list[str] | None
+) -> tuple[list[tuple[Row, int]], list[tuple[Row, int]]]:
+    """The missing (row, seed) pairs in two waves: stage-1 runs, then the rows that start from them."""
+    by_name = {row.name: row for row in rows}
+    first: list[tuple[Row, int]] = []
+    second: list[tuple[Row, int]] = []
+
+    def add(row: Row, seed: int) -> None:
+        wave = second if row.depends else first
+        if f"{row.name}/seed{seed}" not in results and (row, seed) not in wave:
+            wave.append((row, seed))
+
+    for row in rows:
+        if only and row.name not in only:
+            continue
+        for seed in row.seeds or seeds:
+            if row.depends:  # its stage-1 run first, whatever --rows says
+                parent = by_name.get(row.depends)
+                if parent is None:
+                    raise SystemExit(f"row '{row.name}' depends on unknown row '{row.depends}'")
+                if parent.depends:
+                    raise SystemExit(
+                        f"row '{row.depends}' is a stage-2 row; '{row.name}' cannot start from it"
+                    )
+                add(parent, seed)
+            add(row, seed)
+    return first, second
 
 
 def fill(
@@ -114,29 +160,35 @@ def fill(
     runs_dir: Path,
     extra: list[str],
     only: list[str] | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Run every missing (row, seed), saving after each one."""
+    """Run every missing (row, seed), ``jobs`` at a time, saving the results file after each one.
+
+    A failed run is reported and skipped (with the rows that start from it); the others go on.
+    """
     path = RESULTS / f"{table}.json"
     results = load(path)
-    by_name = {row.name: row for row in rows}
-
-    def ensure(row: Row, seed: int) -> None:
-        if row.depends:  # its stage-1 run first, whatever --rows says
-            if row.depends not in by_name:
-                raise SystemExit(f"row '{row.name}' depends on unknown row '{row.depends}'")
-            ensure(by_name[row.depends], seed)
-        key = f"{row.name}/seed{seed}"
-        if key in results:
-            return
-        results[key] = run_one(row, seed, runs_dir, extra)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, results)
-
-    for row in rows:
-        if only and row.name not in only:
-            continue
-        for seed in row.seeds or seeds:
-            ensure(row, seed)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    failed: dict[str, str] = {}
+    for wave in plan(rows, seeds, results, only):
+        wave = [(r, s) for r, s in wave if f"{r.depends}/seed{s}" not in failed]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {
+                pool.submit(run_one, r, s, runs_dir, extra, threads): (r, s) for r, s in wave
+            }
+            for future in as_completed(futures):
+                row, seed = futures[future]
+                key = f"{row.name}/seed{seed}"
+                try:
+                    results[key] = future.result()
+                except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as err:
+                    failed[key] = str(err)
+                    print(f"FAILED {key}: {err}", flush=True)
+                    continue
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(path, results)  # only this thread writes it
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are kept")
     return results
 
 
@@ -214,6 +266,13 @@ def main(
         help="where the runs live (default runs/benchmarks/<budget>: shared by every table, so "
         "a row that two tables both list, e.g. 'hard: CE + linear', is trained once)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each with cores/jobs threads and its output in <run dir>.log (on "
+        "2 CPU cores, 2 jobs of 1 thread train ~19%% more images/s than 1 job of 2 threads)",
+    )
     parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     parser.add_argument(
         "overrides", nargs="*", help="extra overrides for every row, e.g. train.epochs=200"
@@ -229,5 +288,5 @@ def main(
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; the rows are {[r.name for r in rows]}")
     if not args.render_only:
-        fill(table, rows, tuple(args.seeds), runs_dir, args.overrides, args.rows)
+        fill(table, rows, tuple(args.seeds), runs_dir, args.overrides, args.rows, args.jobs)
     print(render(table, rows, title, extra_columns))

@@ -44,29 +44,62 @@ def test_every_row_of_the_baselines_table_loads():
             assert cfg.train.epochs == 30
 
 
-def test_a_dependent_row_runs_after_its_stage1_with_init_from(tmp_path, monkeypatch):
+def _fake_trainer(monkeypatch, tmp_path, fail: tuple[str, ...] = ()) -> list[dict]:
+    """Replace the training subprocess by one that writes a final_metrics.json (or fails)."""
     monkeypatch.setattr(table, "RESULTS", tmp_path / "results")
-    commands, real_run = [], table.subprocess.run
+    calls, real_run = [], table.subprocess.run
 
     def fake_run(cmd, *args, **kwargs):
         if "camlt.cli" not in cmd:  # e.g. the runner asking git for the commit
             return real_run(cmd, *args, **kwargs)
-        commands.append(cmd)
+        calls.append({"cmd": cmd, "env": kwargs.get("env"), "stdout": kwargs.get("stdout")})
         run_dir = Path(next(c for c in cmd if c.startswith("train.run_dir=")).split("=", 1)[1])
+        if run_dir.name.split("-seed")[0] in fail:
+            raise table.subprocess.CalledProcessError(1, cmd)
         run_dir.mkdir(parents=True)
         final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "b"]}
         (run_dir / "final_metrics.json").write_text(json.dumps({**final, "epochs": 1}))
 
     monkeypatch.setattr(table.subprocess, "run", fake_run)
-    rows = [
-        table.Row("CE", "configs/fmnist_lt.yaml", ["model.head=linear"]),
-        table.Row("cRT", "configs/stage2_crt.yaml", depends="CE"),
-    ]
-    table.fill("t", rows, (3,), tmp_path / "runs", ["train.epochs=5", "train.threads=1"], ["cRT"])
-    assert len(commands) == 2  # the stage-1 row ran first although --rows named only cRT
-    stage1, stage2 = commands
+    return calls
+
+
+STAGES = [
+    table.Row("CE", "configs/fmnist_lt.yaml", ["model.head=linear"]),
+    table.Row("cRT", "configs/stage2_crt.yaml", depends="CE"),
+]
+
+
+def test_a_dependent_row_runs_after_its_stage1_with_init_from(tmp_path, monkeypatch):
+    calls = _fake_trainer(monkeypatch, tmp_path)
+    extra = ["train.epochs=5", "train.threads=1"]
+    table.fill("t", STAGES, (3,), tmp_path / "runs", extra, ["cRT"])
+    assert len(calls) == 2  # the stage-1 row ran first although --rows named only cRT
+    stage1, stage2 = (c["cmd"] for c in calls)
     assert "train.epochs=5" in stage1 and "train.epochs=5" not in stage2
     assert f"model.init_from={tmp_path / 'runs' / 'CE-seed3'}" in stage2
     assert "train.threads=1" in stage2
-    table.fill("t", rows, (3,), tmp_path / "runs", ["train.epochs=5", "train.threads=1"])
-    assert len(commands) == 2  # both kept, nothing rerun
+    table.fill("t", STAGES, (3,), tmp_path / "runs", extra)
+    assert len(calls) == 2  # both kept, nothing rerun
+
+
+def test_parallel_jobs_split_the_cores_and_log_to_files(tmp_path, monkeypatch):
+    calls = _fake_trainer(monkeypatch, tmp_path)
+    monkeypatch.setattr(table.os, "cpu_count", lambda: 4)
+    results = table.fill("t", STAGES, (0, 1), tmp_path / "runs", [], jobs=2)
+    assert sorted(results) == ["CE/seed0", "CE/seed1", "cRT/seed0", "cRT/seed1"]
+    assert {c["env"]["OMP_NUM_THREADS"] for c in calls} == {"2"}
+    assert all(c["stdout"] is not None for c in calls)
+    assert (tmp_path / "runs" / "CE-seed0.log").is_file()
+    assert [c["cmd"][4].endswith("fmnist_lt.yaml") for c in calls] == [True, True, False, False]
+    assert json.loads((tmp_path / "results" / "t.json").read_text()).keys() == results.keys()
+
+
+def test_a_failed_run_skips_its_dependents_and_keeps_the_rest(tmp_path, monkeypatch):
+    rows = [*STAGES, table.Row("focal", "configs/fmnist_lt.yaml", ["loss.name=focal"])]
+    calls = _fake_trainer(monkeypatch, tmp_path, fail=("CE",))
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: CE/seed0"):
+        table.fill("t", rows, (0,), tmp_path / "runs", [])
+    assert len(calls) == 2  # CE and focal; cRT never started
+    saved = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert list(saved) == ["focal/seed0"]
