@@ -271,7 +271,7 @@ def main(
         type=int,
         default=1,
         help="runs at a time, each with cores/jobs threads and its output in <run dir>.log (on "
-        "2 CPU cores, 2 jobs of 1 thread train ~19%% more images/s than 1 job of 2 threads)",
+        "2 CPU cores, 2 jobs of 1 thread train more images/s in total than 1 job of 2 threads)",
     )
     parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     parser.add_argument(
