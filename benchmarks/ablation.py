@@ -33,6 +33,8 @@ CAMC_ROWS = {
     "CAMC guide=target": ["model.camc.guide=target"],
     "CAMC guide=balanced": ["model.camc.guide=balanced"],
     "CAMC variant=class": ["model.camc.variant=class"],
+    # our own variant: step 8's "any re-weighting loss" with the strongest loss of the probe
+    "CAMC + balanced softmax": ["loss.name=balanced_softmax"],
 }
 
 
