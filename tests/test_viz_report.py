@@ -194,3 +194,22 @@ def test_tensorboard_logs_scalars_and_cam_images(runs):
     image = events.Images(tags["images"][0])[0]
     assert tags["images"] == ["cam/tail_test_images"]
     assert image.width == 5 * 32 and image.height == 8 * 32  # 8 rows of 5 panels, 32x32 each
+
+
+def test_on_object_lift_is_one_for_a_blind_map_and_inverse_area_on_the_object():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cam_stats
+
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, :, :2] = 255  # the object: a quarter of the image
+    share = cam_stats.object_share(images, (4, 4))
+    flat = torch.ones(2, 4, 4)
+    on_object = torch.zeros(2, 4, 4)
+    on_object[:, :, 0] = 1.0
+    assert torch.allclose(cam_stats.on_object_lift(flat, share), torch.ones(2))
+    assert torch.allclose(cam_stats.on_object_lift(on_object, share), torch.full((2,), 4.0))
+    assert torch.allclose(cam_stats.on_object_lift(1 - on_object, share), torch.zeros(2))

@@ -1,0 +1,142 @@
+"""Where a trained model looks, measured per class on the whole test set (METHOD.md 3b:
+"measure before believing").
+
+For each class, over its test images and the map of its true class:
+- ``on-object lift``: the share of the map's mass on object pixels divided by the object's share
+  of the image. Fashion-MNIST objects sit on a black background, so "object" is simply
+  pixel > 0.1 of full scale; 1 means the map ignores the object, above 1 it sits on it.
+- ``peak``: the largest value of the importance map ``a`` (mean 1 over locations): 1 is flat,
+  ``H*W`` (64 at 8x8) puts everything on one location.
+- ``guide hit``: how often the true class is among the head's guide classes (top-k of z0),
+  and ``top-1 z0``: how often the base prediction is already right.
+- ``accuracy``: of the final logits.
+Maps without CAMC (linear or normalized heads) use their own CAM, shifted to be non-negative;
+the CAMC-only columns are then "-".
+
+    python benchmarks/cam_stats.py RUN_DIR [RUN_DIR ...]
+
+Writes benchmarks/results/cam_stats.json (one entry per run, by run directory name) and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from camlt.checkpoint import atomic_write_json, atomic_write_text
+from camlt.data import build_sets
+from camlt.predict import load_trained, normalise
+from camlt.viz import compute_maps, map_head
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OBJECT_LEVEL = 0.1 * 255  # a Fashion-MNIST pixel brighter than this belongs to the object
+
+
+def object_share(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w): the fraction of each feature cell's pixels that belong to the object."""
+    mask = (images[:, :1].float() > OBJECT_LEVEL).float()
+    return F.adaptive_avg_pool2d(mask, size)[:, 0]
+
+
+def on_object_lift(maps: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """(B,): the map's mass on the object over the object's area; 1 for a map blind to it."""
+    mass = maps.clamp_min(0).flatten(1)
+    mass = mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+    share = share.flatten(1)
+    return (mass * share).sum(1) / share.mean(1).clamp_min(1e-12)
+
+
+def guide_hits(head: torch.nn.Module, fmap: torch.Tensor, labels: torch.Tensor):
+    """(top-1 of z0 right, label among the top-k guide classes), or None for a head without z0."""
+    if not hasattr(head, "k"):
+        return None
+    z0 = head(fmap).aux_logits.float()
+    top = z0.topk(min(head.k, z0.shape[1]), dim=1).indices
+    return z0.argmax(1) == labels, (top == labels[:, None]).any(1)
+
+
+@torch.no_grad()
+def run_stats(run_dir: Path, batch_size: int = 500) -> dict:
+    """Per-class map statistics of one trained run on its test set."""
+    loaded = load_trained(run_dir, "cpu")
+    test = build_sets(loaded.cfg, verbose=False).test
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("lift", "peak", "z0", "guide", "ok")}
+    labels_all = []
+    for start in range(0, len(test.labels), batch_size):
+        raw = test.images[start : start + batch_size]
+        labels = torch.as_tensor(test.labels[start : start + batch_size])
+        images = normalise(raw, loaded.spec)
+        result = compute_maps(loaded.model, images, labels, loaded.adjust)
+        importance = result.maps["importance"]
+        cam = importance if importance is not None else result.maps["raw_cam"]
+        if importance is None:  # a plain CAM: shift to non-negative per image
+            cam = cam - cam.flatten(1).min(1).values[:, None, None]
+        columns["lift"].append(on_object_lift(cam, object_share(raw, cam.shape[-2:])))
+        if importance is not None:
+            columns["peak"].append(importance.flatten(1).max(1).values)
+        hits = guide_hits(map_head(loaded.model.head), loaded.model.backbone(images), labels)
+        if hits is not None:
+            columns["z0"].append(hits[0].float())
+            columns["guide"].append(hits[1].float())
+        columns["ok"].append((result.logits.argmax(1) == labels).float())
+        labels_all.append(labels)
+    labels = torch.cat(labels_all)
+    per_class = []
+    for c, name in enumerate(loaded.classes):
+        sel = labels == c
+        row = {"class": name, "train": loaded.train_counts[c]}
+        for key, parts in columns.items():
+            row[key] = float(torch.cat(parts)[sel].mean()) if parts else None
+        per_class.append(row)
+    return {"run": str(run_dir), "head": loaded.cfg.model.head, "per_class": per_class}
+
+
+def markdown(name: str, stats: dict) -> str:
+    """One table per run, classes from most to fewest training images."""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        f"**{name}** ({stats['head']} head)",
+        "",
+        "| class | train | accuracy | on-object lift | peak of a | top-1 z0 | guide hit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(stats["per_class"], key=lambda r: -r["train"]):
+        lines.append(
+            f"| {row['class']} | {row['train']} | {pct(row['ok'])} | {num(row['lift'])} | "
+            f"{num(row['peak'])} | {pct(row['z0'])} | {pct(row['guide'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="trained run directories")
+    args = parser.parse_args()
+    path = RESULTS / "cam_stats.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for run_dir in args.runs:
+        results[run_dir.name] = run_stats(run_dir)
+        atomic_write_json(path, results)
+    text = "\n".join(markdown(name, stats) for name, stats in sorted(results.items()))
+    text += (
+        "\nOn-object lift: map mass on object pixels / object area (1 = blind to the object). "
+        "Peak of a: max of the importance map (1 = flat). Guide hit: true class among the top-k "
+        "of z0. All on the test set, map of the true class.\n"
+    )
+    atomic_write_text(RESULTS / "cam_stats.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
