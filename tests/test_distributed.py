@@ -85,6 +85,18 @@ def test_gather_is_identity_on_one_process():
     assert distributed.sum_across([1.0, 2.0], distributed.DistInfo()) == [1.0, 2.0]
 
 
+def test_sync_bn_converts_under_torchrun_on_gpus_and_refuses_cpu():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    two = distributed.DistInfo(rank=0, world=2)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert distributed.sync_batchnorm(model, distributed.DistInfo(), True, cpu) is model
+    assert distributed.sync_batchnorm(model, two, False, cpu) is model
+    synced = distributed.sync_batchnorm(model, two, True, cuda)  # converts; runs nothing
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm) and synced[1].weight is model[1].weight
+    with pytest.raises(ValueError, match="train.sync_bn=true needs CUDA"):
+        distributed.sync_batchnorm(model, two, True, cpu)
+
+
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 def test_camc_prototypes_learn_from_the_global_batch(tmp_path, fmnist_root):
     """Every rank updates P from the whole global batch, as one process does."""

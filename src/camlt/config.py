@@ -117,6 +117,7 @@ class TrainConfig:
     # batch_size is the GLOBAL batch: under torchrun each of W processes takes batch_size / W.
     lr_scaling: str = "none"  # none: lr as given | linear: lr * batch_size / lr_base_batch
     lr_base_batch: int = 256
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     workers: int = 4  # DataLoader worker processes (file datasets)
     persistent_workers: bool = True
     pin_memory: bool = True

@@ -88,6 +88,21 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module | 
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def sync_batchnorm(
+    model: nn.Module, info: DistInfo, enabled: bool, device: torch.device
+) -> nn.Module:
+    """BatchNorm statistics over the global batch (``train.sync_bn``), as torchvision's reference
+    offers; worth it when each process's share of the batch is small. torch runs it on GPUs only."""
+    if not (enabled and info.distributed):
+        return model
+    if device.type != "cuda":
+        raise ValueError(
+            f"train.sync_bn=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), "
+            f"not {device.type}; set it false to let each process normalise its own share"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def effective_lr(train_cfg: DictConfig) -> float:
     """The optimiser's base rate for the global batch (see the module docstring)."""
     if train_cfg.lr_scaling == "linear":

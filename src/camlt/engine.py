@@ -194,6 +194,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     model = adapt_model(model, cfg, train_set.num_classes)  # stage 2: frozen backbone (no-op else)
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory)
+    model = distributed.sync_batchnorm(model, dist, cfg.train.sync_bn, device)
     train_loader, test_loader = data.train, data.test
     optimizer = build_optimizer(model, cfg.train)
     for group in optimizer.param_groups:  # train.lr_scaling (distributed.effective_lr)
