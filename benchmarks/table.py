@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from camlt.checkpoint import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+_PRINT = threading.Lock()
 COLUMNS = ("overall", "many", "medium", "few", "head", "middle", "tail", "ece")
 
 
@@ -95,7 +97,8 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int 
         "train.progress=false",
         "--resume",
     ]
-    print("+", " ".join(cmd), flush=True)
+    with _PRINT:  # whole lines, whatever the other jobs print
+        print("+", " ".join(cmd), flush=True)
     start = time.time()
     if threads:
         log = run_dir.with_name(run_dir.name + ".log")
@@ -183,7 +186,8 @@ def fill(
                     results[key] = future.result()
                 except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as err:
                     failed[key] = str(err)
-                    print(f"FAILED {key}: {err}", flush=True)
+                    with _PRINT:
+                        print(f"FAILED {key}: {err}", flush=True)
                     continue
                 RESULTS.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(path, results)  # only this thread writes it
