@@ -14,9 +14,7 @@ from it, then the CAMC rows; set BEST_CAMC to the two best CAMC rows for the sta
 
 from __future__ import annotations
 
-import statistics
-
-from table import Row, main, rarest
+from table import RAREST_COLUMNS, Row, main
 
 BASE = "configs/fmnist_lt.yaml"  # hard order, ResNet-32, 30 epochs
 CAMC = "configs/fmnist_lt_camc.yaml"  # the same recipe with model.head=camc
@@ -67,20 +65,11 @@ ROWS = [
 ]
 
 
-def rarest3(entry: dict) -> float:
-    """Mean test accuracy of the three classes with the fewest training images."""
-    return statistics.fmean(entry["metrics"]["per_class"][c] for c in rarest(entry, 3))
-
-
-def rarest1(entry: dict) -> float:
-    return entry["metrics"]["per_class"][rarest(entry, 1)[0]]
-
-
 if __name__ == "__main__":
     main(
         "ablation",
         ROWS,
         "CAMC ablation: Fashion-MNIST-LT IF100, ResNet-32, 30 epochs",
         default_seeds=(0, 1, 2),
-        extra_columns={"3 rarest": rarest3, "rarest": rarest1},
+        extra_columns=RAREST_COLUMNS,
     )

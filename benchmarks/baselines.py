@@ -13,7 +13,7 @@ post-hoc corrections. tau-norm uses a fixed tau=1 (there is no validation split)
 CIFAR-10-LT / CIFAR-100-LT: one command per row with configs/baselines/*.yaml (docs/baselines.md).
 """
 
-from table import Row, main
+from table import RAREST_COLUMNS, Row, main
 
 RECIPE = "configs/fmnist_lt.yaml"
 LINEAR = "model.head=linear"
@@ -57,4 +57,4 @@ TITLE = (
 )
 
 if __name__ == "__main__":
-    main("baselines", ROWS, TITLE)
+    main("baselines", ROWS, TITLE, extra_columns=RAREST_COLUMNS)

@@ -323,5 +323,5 @@ def test_ablation_rows_are_valid_configs():
 def test_ablation_extra_columns_read_the_rarest_classes():
     module = load_ablation()
     entry = {"train_counts": [50, 3, 9, 7, 40], "metrics": {"per_class": [0.9, 0.1, 0.5, 0.3, 1]}}
-    assert module.rarest1(entry) == 0.1
-    assert module.rarest3(entry) == pytest.approx(0.3)
+    assert module.RAREST_COLUMNS["rarest"](entry) == 0.1
+    assert module.RAREST_COLUMNS["3 rarest"](entry) == pytest.approx(0.3)
