@@ -293,7 +293,7 @@ def main(
         type=int,
         default=1,
         help="runs at a time, each with cores/jobs threads and its output in <run dir>.log (on "
-        "2 CPU cores, 2 jobs of 1 thread train more images/s in total than 1 job of 2 threads)",
+        "a GPU or a many-core CPU; on 2 cores, 2 jobs of 1 thread were no faster than 1 job)",
     )
     parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     parser.add_argument(
