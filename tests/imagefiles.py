@@ -98,6 +98,7 @@ def file_overrides(run_dir: Path, *extra: str) -> list[str]:
         "train.workers=0",
         "train.progress=false",
         "train.threads=1",
+        "train.eval_every=1",  # the Fashion-MNIST recipe tests every 5 epochs
         f"train.run_dir={run_dir}",
         *extra,
     ]
