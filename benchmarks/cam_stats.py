@@ -51,12 +51,11 @@ def on_object_lift(maps: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     return (mass * share).sum(1) / share.mean(1).clamp_min(1e-12)
 
 
-def guide_hits(head: torch.nn.Module, fmap: torch.Tensor, labels: torch.Tensor):
+def guide_hits(z0: torch.Tensor | None, k: int, labels: torch.Tensor):
     """(top-1 of z0 right, label among the top-k guide classes), or None for a head without z0."""
-    if not hasattr(head, "k"):
+    if z0 is None:
         return None
-    z0 = head(fmap).aux_logits.float()
-    top = z0.topk(min(head.k, z0.shape[1]), dim=1).indices
+    top = z0.topk(min(k, z0.shape[1]), dim=1).indices
     return z0.argmax(1) == labels, (top == labels[:, None]).any(1)
 
 
@@ -64,6 +63,7 @@ def guide_hits(head: torch.nn.Module, fmap: torch.Tensor, labels: torch.Tensor):
 def run_stats(run_dir: Path, batch_size: int = 500) -> dict:
     """Per-class map statistics of one trained run on its test set."""
     loaded = load_trained(run_dir, "cpu")
+    head = map_head(loaded.model.head)
     test = build_sets(loaded.cfg, verbose=False).test
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("lift", "peak", "z0", "guide", "ok")}
     labels_all = []
@@ -79,7 +79,7 @@ def run_stats(run_dir: Path, batch_size: int = 500) -> dict:
         columns["lift"].append(on_object_lift(cam, object_share(raw, cam.shape[-2:])))
         if importance is not None:
             columns["peak"].append(importance.flatten(1).max(1).values)
-        hits = guide_hits(map_head(loaded.model.head), loaded.model.backbone(images), labels)
+        hits = guide_hits(result.base_logits, getattr(head, "k", 0), labels)
         if hits is not None:
             columns["z0"].append(hits[0].float())
             columns["guide"].append(hits[1].float())

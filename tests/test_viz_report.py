@@ -54,6 +54,7 @@ def test_linear_cam_averages_to_the_logit_and_cosine_cam_is_bounded():
     # CAM property: the mean of <F_u, w_c> over locations, plus the bias, is the logit z_c
     assert torch.allclose(cam.mean((1, 2)) + bias, logits[torch.arange(4), top], atol=1e-5)
     assert all(result.maps[name] is None for name in MAP_NAMES[1:])
+    assert result.base_logits is None  # no guide without CAMC
 
     normalized = LongTailClassifier(_Body(), NormalizedHead(6, 3))
     cos = compute_maps(normalized, fmap * 100, torch.tensor([2, 2, 0, 1])).maps["raw_cam"]
@@ -72,6 +73,8 @@ def test_camc_maps_for_the_requested_class(runs):
     for name in MAP_NAMES:
         assert result.maps[name].shape == (3, 8, 8)  # resnet8 on 32x32: an 8x8 feature map
     assert torch.allclose(result.maps["importance"].mean((1, 2)), torch.ones(3), atol=1e-4)
+    z0 = loaded.model.head(loaded.model.backbone(batch)).aux_logits
+    assert torch.allclose(result.base_logits, z0, atol=1e-5)  # the guide, returned with the maps
     other = compute_maps(loaded.model, batch, torch.tensor([0, 0, 0]))
     assert not torch.allclose(other.maps["calibrated_cam"], result.maps["calibrated_cam"])
 

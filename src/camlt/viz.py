@@ -58,11 +58,16 @@ def classifier_cam(
 
 @dataclass
 class MapResult:
-    """Logits of a batch and the maps (B, h, w) for ``classes``; None marks a map the head lacks."""
+    """Logits of a batch and the maps (B, h, w) for ``classes``; None marks a map the head lacks.
+
+    ``base_logits`` is the map head's z0 (its guide) where it has one, so callers that study the
+    guide need not run the backbone again.
+    """
 
     logits: torch.Tensor
     classes: torch.Tensor
     maps: dict[str, torch.Tensor | None]
+    base_logits: torch.Tensor | None = None
 
 
 def map_head(head: nn.Module) -> nn.Module:
@@ -95,16 +100,19 @@ def compute_maps(
         logits = adjust(logits) if adjust else logits
         classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
         head = map_head(model.head)
+        base = None
         if _accepts(head, "return_maps"):
             out = head(fmap, return_maps=True, map_class=classes)
             maps = {name: out.maps.get(name) for name in MAP_NAMES}
+            base = out.aux_logits
         else:
             maps = dict.fromkeys(MAP_NAMES)
             maps["raw_cam"] = classifier_cam(head, fmap, classes)
     finally:
         model.train(was_training)
     maps = {k: None if v is None else v.detach().float().cpu() for k, v in maps.items()}
-    return MapResult(logits.cpu(), classes.cpu(), maps)
+    base = None if base is None else base.float().cpu()
+    return MapResult(logits.cpu(), classes.cpu(), maps, base)
 
 
 def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
