@@ -54,6 +54,12 @@ ROWS = [
         )
         for s in SCALES
     ),
+    # CAMC + balanced softmax with CAMC taken out: the row that credits (or not) CAMC there
+    Row(
+        f"hard: normalized s={BEST_S} + balanced softmax",
+        BASE,
+        ["model.head=normalized", f"model.scale={BEST_S}", "loss.name=balanced_softmax"],
+    ),
     *(camc_row(name, "hard") for name in CAMC_ROWS),
     Row("standard: CE + linear", BASE, ["data.order=standard", "model.head=linear"]),
     Row(

@@ -49,6 +49,11 @@ ROWS = [
     # the method, named and configured as in the other tables so each run is trained once
     Row("hard: CE + normalized s=16", RECIPE, ["model.head=normalized", "model.scale=16"]),
     Row("hard: CAMC full", "configs/fmnist_lt_camc.yaml", ["model.scale=16"]),
+    Row(
+        "hard: CAMC + balanced softmax",
+        "configs/fmnist_lt_camc.yaml",
+        ["model.scale=16", "loss.name=balanced_softmax"],
+    ),
 ]
 
 TITLE = (

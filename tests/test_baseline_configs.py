@@ -44,6 +44,22 @@ def test_every_row_of_the_baselines_table_loads():
             assert cfg.train.epochs == 30
 
 
+def test_rows_shared_with_the_ablation_are_the_same_runs():
+    """A name in both tables names one run directory, so both must mean the same training."""
+    from test_camc import load_ablation
+
+    ablation = {row.name: row for row in load_ablation().ROWS}
+    shared = [row for row in baselines.ROWS if row.name in ablation]
+    assert len(shared) >= 4  # CE, CE + normalized, CAMC full, CAMC + balanced softmax
+    for row in shared:
+        twin = ablation[row.name]
+        assert (row.config, sorted(row.overrides), row.depends) == (
+            twin.config,
+            sorted(twin.overrides),
+            twin.depends,
+        ), row.name
+
+
 def _fake_trainer(monkeypatch, tmp_path, fail: tuple[str, ...] = ()) -> list[dict]:
     """Replace the training subprocess by one that writes a final_metrics.json (or fails)."""
     monkeypatch.setattr(table, "RESULTS", tmp_path / "results")
