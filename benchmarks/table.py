@@ -74,6 +74,19 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def train_seconds(run_dir: Path) -> float | None:
+    """Seconds the run spent in training epochs, over all its (resumed) sittings; None if unknown.
+
+    Unlike ``wall_s`` it does not shrink when the run was already finished (a row shared with
+    another table) nor grow with evaluation or a busy machine's waits between sittings.
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return round(sum((r.get("epoch_s", 0.0) for r in records), 0.0), 1)
+
+
 def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int = 0) -> dict:
     """Train (or resume) one (row, seed) in a subprocess; return its final metrics file.
 
@@ -122,7 +135,8 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int 
             threads or torch.get_num_threads(),
         ),
         "torch": torch.__version__,
-        "wall_s": round(time.time() - start, 1),
+        "wall_s": round(time.time() - start, 1),  # this call's time, evaluation included
+        "train_s": train_seconds(run_dir),
     }
 
 

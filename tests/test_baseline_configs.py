@@ -119,3 +119,10 @@ def test_a_failed_run_skips_its_dependents_and_keeps_the_rest(tmp_path, monkeypa
     assert len(calls) == 2  # CE and focal; cRT never started
     saved = json.loads((tmp_path / "results" / "t.json").read_text())
     assert list(saved) == ["focal/seed0"]
+
+
+def test_train_seconds_sums_the_epochs_of_every_sitting(tmp_path):
+    assert table.train_seconds(tmp_path) is None  # no run here
+    lines = [{"epoch": 1, "epoch_s": 70.25}, {"epoch": 2, "epoch_s": 69.5, "overall": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert table.train_seconds(tmp_path) == 139.8

@@ -112,6 +112,15 @@ def test_balanced_softmax_and_logit_adjustment_by_hand():
         assert compute(name, la_tau=tau) == pytest.approx(expected, rel=1e-5)
 
 
+def test_balanced_softmax_is_the_logit_adjusted_loss_at_tau_one():
+    """Why the baselines table has one row for both: the same loss, so the same training."""
+    logits = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    targets = torch.arange(16) % 5
+    balanced = build_loss(loss_cfg(name="balanced_softmax"), COUNTS + [5, 5])
+    adjusted = build_loss(loss_cfg(name="logit_adjust", la_tau=1.0), COUNTS + [5, 5])
+    assert torch.equal(balanced(logits, targets), adjusted(logits, targets))
+
+
 @pytest.mark.parametrize("name", ["balanced_softmax", "logit_adjust"])
 def test_prior_losses_equal_cross_entropy_for_a_uniform_prior(name):
     logits, targets = (
