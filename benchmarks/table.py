@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from camlt.checkpoint import atomic_write_json, atomic_write_text
+from camlt.checkpoint import atomic_write_json, atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,8 +83,7 @@ def train_seconds(run_dir: Path) -> float | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return round(sum((r.get("epoch_s", 0.0) for r in records), 0.0), 1)
+    return round(sum((r.get("epoch_s", 0.0) for r in read_jsonl(path)), 0.0), 1)
 
 
 def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int = 0) -> dict:
