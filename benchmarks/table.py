@@ -86,40 +86,36 @@ def train_seconds(run_dir: Path) -> float | None:
     return round(sum((r.get("epoch_s", 0.0) for r in read_jsonl(path)), 0.0), 1)
 
 
-def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int = 0) -> dict:
-    """Train (or resume) one (row, seed) in a subprocess; return its final metrics file.
+def row_extra(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
+    """The overrides added to a row's own: a stage-2 row starts from its stage-1 run."""
+    if not row.depends:
+        return extra
+    extra = [o for o in extra if not o.startswith(STAGE1_ONLY)]
+    return [f"model.init_from={run_dir_of(row.depends, seed, runs_dir)}", *extra]
 
-    ``threads`` > 0 runs it with that many CPU threads and its output in ``<run dir>.log`` (the
-    parallel mode of ``--jobs``); 0 inherits the threads and the terminal.
-    """
-    run_dir = run_dir_of(row.name, seed, runs_dir)
-    if row.depends:
-        extra = [o for o in extra if not o.startswith(STAGE1_ONLY)]
-        extra = [f"model.init_from={run_dir_of(row.depends, seed, runs_dir)}", *extra]
-    cmd = [
+
+def train_command(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
+    """The ``camlt train`` command of one (row, seed)."""
+    return [
         sys.executable,
         "-m",
         "camlt.cli",
         "train",
         str(ROOT / row.config),
         *row.overrides,
-        *extra,
+        *row_extra(row, seed, runs_dir, extra),
         f"train.seed={seed}",
-        f"train.run_dir={run_dir}",
+        f"train.run_dir={run_dir_of(row.name, seed, runs_dir)}",
         "train.progress=false",
         "--resume",
     ]
-    with _PRINT:  # whole lines, whatever the other jobs print
-        print("+", " ".join(cmd), flush=True)
-    start = time.time()
-    if threads:
-        log = run_dir.with_name(run_dir.name + ".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        with open(log, "a") as out:
-            subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT)
-    else:
-        subprocess.run(cmd, check=True)
+
+
+def collect(
+    row: Row, seed: int, runs_dir: Path, extra: list[str], wall_s: float, threads: int
+) -> dict:
+    """The kept result of a finished (row, seed): its final metrics and where they came from."""
+    run_dir = run_dir_of(row.name, seed, runs_dir)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     return {
         "metrics": final["metrics"],
@@ -128,15 +124,41 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int 
         "epochs": final["epochs"],
         "seed": seed,
         "row": row.name,
-        "overrides": row.overrides + extra,
+        "overrides": row.overrides + row_extra(row, seed, runs_dir, extra),
         "machine": machine(
             final.get("config", {}).get("train", {}).get("device", "auto"),
             threads or torch.get_num_threads(),
         ),
         "torch": torch.__version__,
-        "wall_s": round(time.time() - start, 1),  # this call's time, evaluation included
+        "wall_s": round(wall_s, 1),  # this call's time, evaluation included
         "train_s": train_seconds(run_dir),
     }
+
+
+def log_path(row: Row, seed: int, runs_dir: Path) -> Path:
+    run_dir = run_dir_of(row.name, seed, runs_dir)
+    return run_dir.with_name(run_dir.name + ".log")
+
+
+def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int = 0) -> dict:
+    """Train (or resume) one (row, seed) in a subprocess; return its kept result.
+
+    ``threads`` > 0 runs it with that many CPU threads and its output in ``<run dir>.log`` (the
+    parallel mode of ``--jobs``); 0 inherits the threads and the terminal.
+    """
+    cmd = train_command(row, seed, runs_dir, extra)
+    with _PRINT:  # whole lines, whatever the other jobs print
+        print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    if threads:
+        log = log_path(row, seed, runs_dir)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with open(log, "a") as out:
+            subprocess.run(cmd, check=True, env=env, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True)
+    return collect(row, seed, runs_dir, extra, time.time() - start, threads)
 
 
 def plan(

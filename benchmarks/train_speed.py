@@ -162,6 +162,9 @@ def main() -> None:
     )
     parser.add_argument("--out-name", default="train_speed", help="results file stem")
     parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile probe (its compile time)"
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rebuild the markdown from the JSON"
     )
     args = parser.parse_args()
@@ -194,7 +197,9 @@ def main() -> None:
         "reference": bare_step_rate(
             fresh_model(), cfg.train.batch_size, torch.contiguous_format, run.device
         ),
-        "compiled": compiled_step_rate(fresh_model(), cfg.train.batch_size, run),
+        "compiled": None
+        if args.no_compile
+        else compiled_step_rate(fresh_model(), cfg.train.batch_size, run),
     }
 
     ours = [train_one_epoch(run, e)["images_per_s"] for e in range(args.epochs)]

@@ -1,0 +1,71 @@
+"""The cross-table queue: what it runs, in which order, and what a time budget stops or skips."""
+
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import fill_all  # noqa: E402
+import table  # noqa: E402
+
+CE = table.Row("CE", "configs/fmnist_lt.yaml", ["model.head=linear"])
+CRT = table.Row("cRT", "configs/stage2_crt.yaml", depends="CE")
+FOCAL = table.Row("focal", "configs/fmnist_lt.yaml", ["loss.name=focal"], seeds=(0,))
+FAKE = """
+import json, pathlib, sys, time
+run_dir = pathlib.Path(sys.argv[1])
+time.sleep(float(sys.argv[2]))
+run_dir.mkdir(parents=True, exist_ok=True)
+final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "b"], "epochs": 1}
+(run_dir / "final_metrics.json").write_text(json.dumps(final))
+"""
+
+
+def test_the_queue_leads_with_first_and_copies_shared_results_instead_of_retraining():
+    kept = {"overrides": [], "metrics": {"overall": 0.5}}
+    results = {"a": {"CE/seed0": kept}, "b": {}}
+    queue = fill_all.build_queue({"a": [CE, CRT], "b": [CE, FOCAL]}, ["focal"], results, (0, 1))
+    assert [t.key for t in queue] == ["focal/seed0", "CE/seed1", "cRT/seed0", "cRT/seed1"]
+    assert results["b"]["CE/seed0"] is kept  # the copy, not a run
+    assert queue[1].tables == ["a", "b"]
+    assert queue[0].cost == 31 and queue[2].cost == 11  # 30 epochs + 1; cRT's 10 + 1
+
+
+def _fake_runs(monkeypatch, tmp_path, seconds: dict[str, float]) -> None:
+    """Runs that sleep for a while (by row name) and then leave a final_metrics.json."""
+    monkeypatch.setattr(table, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+
+    def command(row, seed, runs_dir, extra):
+        run_dir = table.run_dir_of(row.name, seed, runs_dir)
+        return [sys.executable, "-c", FAKE, str(run_dir), str(seconds.get(row.name, 0))]
+
+    monkeypatch.setattr(table, "train_command", command)
+
+
+def test_stage2_waits_for_its_stage1_and_every_table_keeps_the_result(tmp_path, monkeypatch):
+    _fake_runs(monkeypatch, tmp_path, {"CE": 0.3})
+    results = {"a": {}, "b": {}}
+    queue = fill_all.build_queue({"a": [CE, CRT], "b": [CE]}, [], results, (0,))
+    runs = tmp_path / "runs"
+    outcome = fill_all.fill_queue(queue, results, runs, 2, 60, extra=("train.amp=off",))
+    assert outcome["finished"] == ["CE/seed0", "cRT/seed0"]  # cRT did not start beside CE
+    saved = json.loads((tmp_path / "results" / "b.json").read_text())
+    assert list(saved) == ["CE/seed0"] and saved["CE/seed0"]["wall_s"] >= 0.3
+    assert saved["CE/seed0"]["overrides"] == ["model.head=linear", "train.amp=off"]
+    assert results["a"]["cRT/seed0"]["overrides"][0] == f"model.init_from={runs / 'CE-seed0'}"
+    assert (tmp_path / "runs" / "cRT-seed0.log").is_file()
+
+
+def test_the_budget_stops_what_runs_and_skips_what_cannot_finish(tmp_path, monkeypatch):
+    _fake_runs(monkeypatch, tmp_path, {"short": 0.2, "CE": 30})
+    short = table.Row("short", "configs/fmnist_lt.yaml", ["train.epochs=1"], seeds=(0,))
+    results = {"a": {}}
+    queue = fill_all.build_queue({"a": [short, CE, CRT]}, [], results, (0, 1))
+    outcome = fill_all.fill_queue(queue, results, tmp_path / "runs", jobs=2, budget_s=3)
+    assert outcome["finished"] == ["short/seed0"]
+    assert outcome["stopped"] == ["CE/seed0"]  # started before any timing existed, then stopped
+    # CE/seed1 would need 31/2 x the short run's time; the cRT rows lost their stage 1
+    assert sorted(outcome["skipped"]) == ["CE/seed1", "cRT/seed0", "cRT/seed1"]
+    assert list(results["a"]) == ["short/seed0"]
