@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# One prepared script for a machine with a CUDA GPU, within the device tool's 10-minute command:
-#   1. the training-speed benchmark (ours against the reference loop), alone on the GPU;
-#   2. until BUDGET_S seconds after the start (default 540), every table's missing runs from one
-#      queue (benchmarks/fill_all.py): the full 200-epoch recipe and the ceiling first, then the
-#      30-epoch rows that decide the open questions, then more 200-epoch rows; JOBS runs at a
-#      time (default 10), under CUDA MPS when it starts, so that the small ResNet-32 kernels of
-#      several runs overlap.
+# One prepared script for a machine with a CUDA GPU, within the device tool's 10-minute command.
+#   bash benchmarks/gpu.sh recipe   the training-speed benchmark (ours against the reference
+#                                   loop), then the full 200-epoch recipe (CE + normalized s=16,
+#                                   hard order), each alone on the GPU.
+#   bash benchmarks/gpu.sh tables   (the default) every table's missing 30-epoch runs from one
+#                                   queue (benchmarks/fill_all.py --max-cost 40), JOBS at a time
+#                                   (default 8) under CUDA MPS when it starts, until BUDGET_S
+#                                   seconds after the start (default 550).
+# ResNet-32 at batch 128 is launch-bound on an H100 (about 6,000 images/s for one process, the
+# GPU 40% busy), so the tables run several processes at once; the 200-epoch recipe alone takes
+# about 7 minutes, which is why it has its own mode.
 # Every finished run is kept in benchmarks/results/*.json (with the card's name). With $OUT set
 # (the device tool's return path) it leaves there: results.tgz (the results folder, each run's
-# config, metrics and log), checkpoints.tgz (the 200-epoch runs' weights) and smi.csv (GPU use).
+# config, metrics and log), checkpoints.tgz (the 200-epoch run's weights) and smi.csv (GPU use).
 # Prepare first, here: bash benchmarks/gpu_prepare.sh (data and wheels the bare image lacks), then
-#   run(command="bash benchmarks/gpu.sh 2>&1 | tee $OUT/gpu.log", carry=["data", ".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu.sh tables 2>&1 | tee $OUT/gpu.log", carry=["data", ".whl"],
+#       timeout_s=600)
 # On a machine without a GPU it starts, says so, and exits 0 having run nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-BUDGET_S=${BUDGET_S:-540}
-JOBS=${JOBS:-10}
+MODE=${1:-tables}
+BUDGET_S=${BUDGET_S:-550}
+JOBS=${JOBS:-8}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+case "$MODE" in recipe | tables) ;; *) echo "usage: gpu.sh [recipe|tables]" >&2; exit 2 ;; esac
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "benchmarks/gpu.sh: no CUDA GPU is present on this machine; nothing was run."
   exit 0
@@ -30,7 +37,7 @@ fi
 export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export CUBLAS_WORKSPACE_CONFIG=:4096:8  # deterministic cuBLAS, as train.deterministic asks
 CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0), torch.__version__)")
-echo "GPU: $CARD; $(nproc) CPU cores"
+echo "GPU: $CARD; $(nproc) CPU cores; mode $MODE"
 left() { echo $(( start + BUDGET_S - $(date +%s) )); }
 pack() {
   [ -n "${OUT:-}" ] || return 0
@@ -47,11 +54,16 @@ if [ -n "${OUT:-}" ]; then
   SMI=$!
 fi
 
-# 1. speed, alone (3 epochs: the first carries cuDNN's and the allocator's warm-up)
-timeout 150 "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 --no-compile \
-  --out-name gpu_train_speed || echo "train_speed failed or timed out; going on"
+if [ "$MODE" = recipe ]; then
+  # 3 epochs: the first carries cuDNN's and the allocator's warm-up
+  timeout 150 "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 --no-compile \
+    --out-name gpu_train_speed || echo "train_speed failed or timed out; going on"
+  timeout "$(left)" "$PY" benchmarks/full_recipe.py --rows "200 epochs, hard: CE + normalized s=16"
+  echo "gpu.sh finished in $(( $(date +%s) - start )) s on $CARD"
+  exit 0
+fi
 
-# 2. CUDA MPS, kept only if a client can use it
+# CUDA MPS, kept only if a client can use it: the runs' small kernels then overlap
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
 mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
 MPS=off
@@ -64,9 +76,7 @@ if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2
   fi
 fi
 echo "CUDA MPS: $MPS"
-
-# 3. the tables, one queue, until the budget is spent (the rest of the limit packs the results)
 # fp32 (TF32 convolutions), like the CPU runs whose seeds these join in the same tables
-"$PY" benchmarks/fill_all.py --jobs "$JOBS" --budget-s "$(left)" --amp off
+"$PY" benchmarks/fill_all.py --jobs "$JOBS" --budget-s "$(left)" --amp off --max-cost 40
 [ "$MPS" = on ] && echo quit | nvidia-cuda-mps-control
 echo "gpu.sh finished in $(( $(date +%s) - start )) s on $CARD (MPS $MPS, $JOBS jobs)"

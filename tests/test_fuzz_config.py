@@ -195,3 +195,14 @@ def test_overrides_are_applied_exactly_or_refused(items, junk, tmp_path):
     cfg = load_or_config_error(recipe, overrides)
     if cfg is not None:  # every value the parser read from the command line reached the config
         check_loaded(cfg, flatten(parse_overrides(overrides)), tmp_path)
+
+
+def test_off_and_no_stay_words_where_a_choice_is_expected(tmp_path):
+    """YAML 1.1 reads ``off`` as False; ``train.amp=off`` must mean the choice "off"."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  amp: off\n  deterministic: no\n", encoding="utf-8")
+    cfg = load_config(recipe, ["data.augment=off", "train.progress=false"])
+    assert cfg.train.amp == "off" and cfg.train.deterministic is False
+    assert cfg.data.augment is False and cfg.train.progress is False
+    assert load_config(recipe, ["train.amp=bf16"]).train.amp == "bf16"
+    assert parse_overrides(["train.amp=off", "a.b=true"]) == {"train": {"amp": "off"}, "a": {"b": True}}

@@ -7,6 +7,7 @@ with the key's name and the valid alternatives, before any data is read.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,26 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     )
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2's booleans: only true/false. PyYAML's 1.1 reads ``off`` as False, so
+    ``train.amp=off`` failed; bool fields still take yes/no/on/off (OmegaConf converts them)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way recipes and overrides are read."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict:
     """Parse a recipe file, naming the file and line on a syntax error."""
     try:
@@ -175,7 +196,7 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -198,7 +219,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override '{item}': expected key=value, e.g. train.epochs=30")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except (yaml.YAMLError, ValueError):  # not YAML (or an impossible date): keep the text
             value = raw
         except RecursionError:
