@@ -267,9 +267,10 @@ def choose_tau(run) -> float:
         features = distributed.gather_cat(features, run.dist)
         targets = distributed.gather_cat(targets, run.dist)
     results = []
+    features = features.to(head.base.classifier.weight.device)  # gathered on the CPU
     for tau in run.cfg.stage2.tau_sweep:
         logits = posthoc_adjust(
-            head.logits_at(features, tau), run.train_counts, run.cfg.loss.posthoc_tau
+            head.logits_at(features, tau).cpu(), run.train_counts, run.cfg.loss.posthoc_tau
         )
         overall = evaluate_predictions(logits, targets, run.train_counts)["overall"]
         results.append((float(tau), overall))
