@@ -8,11 +8,13 @@
 #                                   (default 8) under CUDA MPS when it starts, until BUDGET_S
 #                                   seconds after the start (default 550).
 # ResNet-32 at batch 128 is launch-bound on an H100 (about 6,000 images/s for one process, the
-# GPU 40% busy), so the tables run several processes at once; the 200-epoch recipe alone takes
-# about 7 minutes, which is why it has its own mode.
+# GPU 40% busy), so the tables run several processes at once (8 reached 32,000 images/s). At one
+# process's pace the 200-epoch recipe needs about 7 minutes alone (2.5M images; not yet run on a
+# GPU), which is why it has its own mode.
 # Every finished run is kept in benchmarks/results/*.json (with the card's name). With $OUT set
 # (the device tool's return path) it leaves there: results.tgz (the results folder, each run's
-# config, metrics and log), checkpoints.tgz (the 200-epoch run's weights) and smi.csv (GPU use).
+# config, metrics and log), checkpoints.tgz (the 200-epoch run's weights), stage1.tgz (the CE
+# runs' weights that stage-2 rows start from) and smi.csv (GPU use).
 # Prepare first, here: bash benchmarks/gpu_prepare.sh (data and wheels the bare image lacks), then
 #   run(command="bash benchmarks/gpu.sh tables 2>&1 | tee $OUT/gpu.log", carry=["data", ".whl"],
 #       timeout_s=600)
@@ -45,6 +47,9 @@ pack() {
   find runs -name '*.log' -o -name config.yaml -o -name metrics.jsonl -o -name final_metrics.json \
     2>/dev/null | tar czf "$OUT/results.tgz" benchmarks/results README.md -T -
   find runs -path '*200_epochs*' -name checkpoint.pt 2>/dev/null | tar czf "$OUT/checkpoints.tgz" -T -
+  # the CE runs the stage-2 rows start from, so a later stage-2 row can start from them here
+  find runs -path '*hard_CE_linear-seed*' -name checkpoint.pt 2>/dev/null |
+    tar czf "$OUT/stage1.tgz" -T -
   echo "packed into $OUT after $(( $(date +%s) - start )) s"
 }
 trap pack EXIT

@@ -132,6 +132,8 @@ def render(result: dict, batch: int) -> str:
     ours, ref = result["ours"], result["reference"]
     bound = result["bare_step_images_per_s"]
     epochs = result["epochs"]
+    amp = ours["amp"]
+    layout = "channels_last alone" if amp == "None" else f"channels_last with {amp} autocast"
     return (
         f"| loop | images/s | share of its bare step | test top-1 after {epochs} epoch(s) |\n"
         f"|---|---|---|---|\n"
@@ -147,8 +149,8 @@ def render(result: dict, batch: int) -> str:
         f"| - | - |\n"
         f"{compiled_row(bound.get('compiled'))}\n"
         f"Speed-up {result['speedup']:.2f}x; the most any loader could give here is "
-        f"{result['speedup_bound']:.2f}x (bare channels_last step / reference); channels_last "
-        f"alone is worth {bound['ours'] / bound['reference']:.2f}x on the bare step. ResNet-32, "
+        f"{result['speedup_bound']:.2f}x (bare channels_last step / reference); {layout} "
+        f"is worth {bound['ours'] / bound['reference']:.2f}x on the bare step. ResNet-32, "
         f"Fashion-MNIST-LT IF100 ({result['train_images']} images), batch {batch}; machine: "
         f"{result['machine']}; torch {result['torch']}.\n"
     )
