@@ -30,6 +30,7 @@ import full_recipe
 import table
 from table import Row
 
+from camlt.checkpoint import CHECKPOINT
 from camlt.config import load_config
 
 TABLES = {
@@ -115,6 +116,19 @@ def build_queue(
             if not have:
                 queue.append(Task(row, seed, where[name], cost_of(row)))
     return queue
+
+
+def without_stage1(queue: list[Task], runs_dir: Path) -> list[Task]:
+    """Stage-2 tasks whose stage-1 result is kept but whose checkpoint is not in ``runs_dir``
+    (trained on another machine): they cannot start here, and retraining would be another run."""
+    queued = {t.key for t in queue}
+    return [
+        t
+        for t in queue
+        if t.row.depends
+        and f"{t.row.depends}/seed{t.seed}" not in queued
+        and not (table.run_dir_of(t.row.depends, t.seed, runs_dir) / CHECKPOINT).is_file()
+    ]
 
 
 @dataclass
@@ -247,12 +261,15 @@ def main() -> None:
     results = {name: table.load(table.RESULTS / f"{name}.json") for name in TABLES}
     queue = build_queue(TABLES, FIRST, results)
     too_long = [t.key for t in queue if t.cost > args.max_cost]
-    queue = [t for t in queue if t.cost <= args.max_cost]
+    orphans = [t.key for t in without_stage1(queue, args.runs_dir)]
+    queue = [t for t in queue if t.cost <= args.max_cost and t.key not in orphans]
     for task in queue:
         print(f"{task.cost:6.0f}  {task.key}  ({', '.join(task.tables)})")
     print(f"{len(queue)} runs, {sum(t.cost for t in queue):.0f} LT epochs in all")
     if too_long:
         print(f"left out (over --max-cost {args.max_cost:g}): {', '.join(too_long)}")
+    if orphans:
+        print(f"left out (no stage-1 checkpoint in {args.runs_dir}): {', '.join(orphans)}")
     if args.dry_run:
         return
     table.RESULTS.mkdir(parents=True, exist_ok=True)

@@ -69,3 +69,14 @@ def test_the_budget_stops_what_runs_and_skips_what_cannot_finish(tmp_path, monke
     # CE/seed1 would need 31/2 x the short run's time; the cRT rows lost their stage 1
     assert sorted(outcome["skipped"]) == ["CE/seed1", "cRT/seed0", "cRT/seed1"]
     assert list(results["a"]) == ["short/seed0"]
+
+
+def test_a_stage2_row_whose_stage1_checkpoint_is_elsewhere_is_left_out(tmp_path):
+    kept = {"overrides": [], "metrics": {"overall": 0.5}}
+    results = {"a": {"CE/seed0": kept, "CE/seed1": kept}}
+    queue = fill_all.build_queue({"a": [CE, CRT]}, [], results, (0, 1, 2))
+    runs = tmp_path / "runs"
+    (runs / "CE-seed1").mkdir(parents=True)
+    (runs / "CE-seed1" / "checkpoint.pt").write_bytes(b"")
+    # seed 0: kept, but trained elsewhere; seed 1: here; seed 2: CE is queued first
+    assert [t.key for t in fill_all.without_stage1(queue, runs)] == ["cRT/seed0"]
