@@ -205,4 +205,7 @@ def test_off_and_no_stay_words_where_a_choice_is_expected(tmp_path):
     assert cfg.train.amp == "off" and cfg.train.deterministic is False
     assert cfg.data.augment is False and cfg.train.progress is False
     assert load_config(recipe, ["train.amp=bf16"]).train.amp == "bf16"
-    assert parse_overrides(["train.amp=off", "a.b=true"]) == {"train": {"amp": "off"}, "a": {"b": True}}
+    assert parse_overrides(["train.amp=off", "a.b=true"]) == {
+        "train": {"amp": "off"},
+        "a": {"b": True},
+    }
