@@ -67,6 +67,10 @@ FIRST = [
 ]
 
 
+# Only runs of at least this cost set the pace: a post-hoc stage 2 (cost 1) is all start-up.
+MIN_PACE_COST = 10
+
+
 @dataclass
 class Task:
     """One (row, seed) to train, the tables that keep its result, and its cost in LT epochs."""
@@ -205,7 +209,8 @@ def fill_queue(
                 results[name][key] = entry
                 table.atomic_write_json(table.RESULTS / f"{name}.json", results[name])
             done.add(key)
-            rates.append(wall / run.task.cost)
+            if run.task.cost >= MIN_PACE_COST:
+                rates.append(wall / run.task.cost)
             outcome["finished"].append(key)
             print(f"done {key} in {wall:.0f} s", flush=True)
         left = begin + budget_s - time.time()

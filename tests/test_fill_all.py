@@ -59,14 +59,14 @@ def test_stage2_waits_for_its_stage1_and_every_table_keeps_the_result(tmp_path, 
 
 
 def test_the_budget_stops_what_runs_and_skips_what_cannot_finish(tmp_path, monkeypatch):
-    _fake_runs(monkeypatch, tmp_path, {"short": 0.2, "CE": 30})
-    short = table.Row("short", "configs/fmnist_lt.yaml", ["train.epochs=1"], seeds=(0,))
+    _fake_runs(monkeypatch, tmp_path, {"short": 1.0, "CE": 30})
+    short = table.Row("short", "configs/fmnist_lt.yaml", ["train.epochs=10"], seeds=(0,))
     results = {"a": {}}
     queue = fill_all.build_queue({"a": [short, CE, CRT]}, [], results, (0, 1))
     outcome = fill_all.fill_queue(queue, results, tmp_path / "runs", jobs=2, budget_s=3)
     assert outcome["finished"] == ["short/seed0"]
     assert outcome["stopped"] == ["CE/seed0"]  # started before any timing existed, then stopped
-    # CE/seed1 would need 31/2 x the short run's time; the cRT rows lost their stage 1
+    # CE/seed1 would need 31/11 x the short run's time; the cRT rows lost their stage 1
     assert sorted(outcome["skipped"]) == ["CE/seed1", "cRT/seed0", "cRT/seed1"]
     assert list(results["a"]) == ["short/seed0"]
 
