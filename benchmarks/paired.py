@@ -26,7 +26,11 @@ PAIRS = [
     ("ablation", "hard: CAMC variant=class", "hard: CE + normalized s=16"),
     ("ablation", "hard: CAMC uncalibrated", "hard: CAMC full"),
     ("ablation", "hard: CAMC + balanced softmax", "hard: normalized s=16 + balanced softmax"),
-    ("baselines", "hard: CAMC + balanced softmax", "balanced softmax = logit adjustment loss (tau 1)"),
+    (
+        "baselines",
+        "hard: CAMC + balanced softmax",
+        "balanced softmax = logit adjustment loss (tau 1)",
+    ),
     ("baselines", "hard: CAMC + balanced softmax", "hard: CE + linear"),
     ("baselines", "cRT (+10 epochs)", "hard: CE + linear"),
 ]

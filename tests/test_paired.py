@@ -1,0 +1,31 @@
+"""Paired differences: per seed, only on the seeds both rows have."""
+
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import paired  # noqa: E402
+
+
+def _entry(row: str, seed: int, overall: float, shirt: float) -> dict:
+    metrics = {"overall": overall, "tail": 0.5, "head": 0.9, "ece": 0.05, "per_class": [0.9, shirt]}
+    return {"row": row, "seed": seed, "metrics": metrics, "train_counts": [100, 10]}
+
+
+def test_differences_are_per_seed_on_the_common_seeds(tmp_path, monkeypatch):
+    results = {
+        "A/seed0": _entry("A", 0, 0.80, 0.30),
+        "A/seed1": _entry("A", 1, 0.85, 0.20),
+        "A/seed2": _entry("A", 2, 0.90, 0.10),
+        "B/seed0": _entry("B", 0, 0.79, 0.10),
+        "B/seed1": _entry("B", 1, 0.86, 0.25),
+    }
+    (tmp_path / "t.json").write_text(json.dumps(results))
+    monkeypatch.setattr(paired, "RESULTS", tmp_path)
+    pair = paired.compare("t", "A", "B")
+    assert pair["seeds"] == [0, 1]
+    assert pair["diffs"]["overall"] == [1.0, -1.0]
+    assert pair["diffs"]["rarest"] == [20.0, -5.0]  # class 1 has the fewest training images
+    assert "+0.0 (+1.0, -1.0)" in paired.render([pair])
