@@ -3,6 +3,9 @@
 #   bash benchmarks/gpu.sh recipe   the training-speed benchmark (ours against the reference
 #                                   loop), then the full 200-epoch recipe (CE + normalized s=16,
 #                                   hard order), each alone on the GPU.
+#   bash benchmarks/gpu.sh speed    the training-speed benchmark twice: as the engine runs by
+#                                   default, then with train.compile=reduce-overhead (CUDA
+#                                   graphs, the remedy for ResNet-32's launch bound), about 5 min.
 #   bash benchmarks/gpu.sh tables   (the default) every table's missing 30-epoch runs from one
 #                                   queue (benchmarks/fill_all.py), JOBS at a time (default 8)
 #                                   under CUDA MPS when it starts, until BUDGET_S seconds after
@@ -31,7 +34,7 @@ JOBS=${JOBS:-8}
 MAX_COST=${MAX_COST:-40}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-case "$MODE" in recipe | tables) ;; *) echo "usage: gpu.sh [recipe|tables]" >&2; exit 2 ;; esac
+case "$MODE" in recipe | speed | tables) ;; *) echo "usage: gpu.sh [recipe|speed|tables]" >&2; exit 2 ;; esac
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "benchmarks/gpu.sh: no CUDA GPU is present on this machine; nothing was run."
   exit 0
@@ -68,6 +71,15 @@ if [ "$MODE" = recipe ]; then
   timeout 150 "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 --no-compile \
     --out-name gpu_train_speed || echo "train_speed failed or timed out; going on"
   timeout "$(left)" "$PY" benchmarks/full_recipe.py --rows "200 epochs, hard: CE + normalized s=16"
+  echo "gpu.sh finished in $(( $(date +%s) - start )) s on $CARD"
+  exit 0
+fi
+
+if [ "$MODE" = speed ]; then
+  timeout 150 "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 --no-compile \
+    --out-name gpu_train_speed || echo "train_speed failed or timed out; going on"
+  timeout "$(left)" "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 \
+    --compile reduce-overhead --out-name gpu_train_speed_compiled
   echo "gpu.sh finished in $(( $(date +%s) - start )) s on $CARD"
   exit 0
 fi

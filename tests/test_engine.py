@@ -86,3 +86,24 @@ def test_lr_schedule_warmup_then_steps(tiny_cfg):
         pytest.approx(0.01),
         pytest.approx(0.01),
     ]
+
+
+def test_compiled_training_matches_eager_and_keeps_checkpoints_plain(tiny_cfg, tmp_path):
+    """train.compile changes speed, not the model: same loss, same checkpoint keys, P updated."""
+    camc = ("model.head=camc", "train.epochs=1")
+    eager = tiny_cfg(*camc, f"train.run_dir={tmp_path / 'eager'}")
+    engine.train(eager, tmp_path / "eager")
+    compiled = tiny_cfg(*camc, "train.compile=default", f"train.run_dir={tmp_path / 'compiled'}")
+    engine.train(compiled, tmp_path / "compiled")
+
+    def loss(name):
+        return read_jsonl(tmp_path / name / "metrics.jsonl")[0]["loss"]
+
+    assert loss("compiled") == pytest.approx(loss("eager"), rel=1e-3)
+    a = load_checkpoint(tmp_path / "eager" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "compiled" / "checkpoint.pt")["model"]
+    assert list(a) == list(b)  # no "_orig_mod." prefix: the eager model is what is saved
+    assert torch.allclose(a["head.P"], b["head.P"], atol=1e-3) and b["head.P"].abs().sum() > 0
+    # a compiled run reopens without compiling (train.compile is free on --resume)
+    off = tiny_cfg(*camc, f"train.run_dir={tmp_path / 'compiled'}")
+    engine.train(off, tmp_path / "compiled", resume=True)

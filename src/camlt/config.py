@@ -108,6 +108,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
+    # torch.compile the training step's model: off | default | reduce-overhead (CUDA graphs,
+    # for launch-bound GPUs) | max-autotune. Evaluation stays eager; checkpoints are unchanged.
+    compile: str = "off"
     deterministic: bool = True
     threads: int = 0  # CPU threads; 0 leaves torch's default
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
@@ -297,6 +300,7 @@ _CHOICES = {
     "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.sampler": ("instance", "class", "sqrt", "progressive"),
     "loss.cb_base": ("ce", "focal"),

@@ -59,6 +59,7 @@ RESUME_FREE_KEYS = (
     "train.pin_memory",
     "train.prefetch_factor",
     "train.tensorboard",
+    "train.compile",
 )
 BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
 
@@ -165,11 +166,24 @@ class Run:
     val_loader: object | None = None  # selects best.pt where the data has a val split
     dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
     ddp: torch.nn.Module | None = None  # the DDP wrapper that training steps go through
+    compiled: torch.nn.Module | None = None  # train.compile: what training steps go through
     label_map: dict | None = None  # class index -> original label (data.labels=remap)
 
     @property
     def train_counts(self) -> list[int]:
         return self.train_set.class_counts()
+
+
+def compile_for_training(module: torch.nn.Module, mode: str) -> torch.nn.Module | None:
+    """The training step's compiled module (sharing ``module``'s weights), or None when off.
+
+    Compilation happens at the first step. Training batches all have one shape (the loader drops
+    the last partial batch), so shapes are static, as CUDA graphs need; a graph break (e.g. CAMC's
+    prototype warm-up test) falls back to eager for that part.
+    """
+    if mode == "off":
+        return None
+    return torch.compile(module, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def build_run(cfg: DictConfig, run_dir: Path) -> Run:
@@ -200,6 +214,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     for group in optimizer.param_groups:  # train.lr_scaling (distributed.effective_lr)
         group["lr"] *= distributed.effective_lr(cfg.train) / cfg.train.lr
     dtype = amp_dtype(cfg.train.amp, device)
+    ddp = distributed.wrap(model, dist, device)
     return Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -216,7 +231,8 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         dtype=dtype,
         val_loader=data.val,
         dist=dist,
-        ddp=distributed.wrap(model, dist, device),
+        ddp=ddp,
+        compiled=compile_for_training(ddp or model, cfg.train.compile),
         label_map=data.label_map,
     )
 
@@ -227,10 +243,18 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype=run.dtype)
 
 
+def step_module(run: Run) -> torch.nn.Module:
+    """What a training step calls: the compiled module, else the DDP wrapper, else the model."""
+    for module in (run.compiled, run.ddp):
+        if module is not None:  # not ``or``: a compiled module refuses bool() (len)
+            return module
+    return run.model
+
+
 def compute_loss(run: Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The head's loss: the criterion on its logits, plus its weighted auxiliary term if any."""
     with autocast(run):
-        out = (run.ddp or run.model)(images, labels)
+        out = step_module(run)(images, labels)
     loss = run.criterion(out.logits, labels)
     if out.aux_logits is not None and out.aux_weight:
         loss = loss + out.aux_weight * run.criterion(out.aux_logits, labels)
