@@ -2,7 +2,8 @@
 # One prepared script for a machine with a CUDA GPU, within the device tool's 10-minute command.
 #   bash benchmarks/gpu.sh recipe   the training-speed benchmark (ours against the reference
 #                                   loop), then the full 200-epoch recipe (CE + normalized s=16,
-#                                   hard order), each alone on the GPU.
+#                                   hard order), each alone on the GPU; COMPILE=reduce-overhead
+#                                   trains the recipe with CUDA graphs.
 #   bash benchmarks/gpu.sh speed    the training-speed benchmark twice: as the engine runs by
 #                                   default, then with train.compile=reduce-overhead (CUDA
 #                                   graphs, the remedy for ResNet-32's launch bound), about 5 min.
@@ -70,7 +71,9 @@ if [ "$MODE" = recipe ]; then
   # 3 epochs: the first carries cuDNN's and the allocator's warm-up
   timeout 150 "$PY" benchmarks/train_speed.py --epochs 3 --workers 8 --no-compile \
     --out-name gpu_train_speed || echo "train_speed failed or timed out; going on"
-  timeout "$(left)" "$PY" benchmarks/full_recipe.py --rows "200 epochs, hard: CE + normalized s=16"
+  # COMPILE=reduce-overhead trains it with CUDA graphs, once `gpu.sh speed` has shown they pay
+  timeout "$(left)" "$PY" benchmarks/full_recipe.py --rows "200 epochs, hard: CE + normalized s=16" \
+    "train.compile=${COMPILE:-off}"
   echo "gpu.sh finished in $(( $(date +%s) - start )) s on $CARD"
   exit 0
 fi

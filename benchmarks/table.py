@@ -46,6 +46,8 @@ class Row:
     depends: str | None = None
 
 
+# Overrides that change how fast a run trains, not what it learns: they keep a row in its table.
+SPEED_ONLY = ("train.compile=",)
 # Extra command-line overrides a dependent (stage-2) row does not take: it has its own schedule.
 STAGE1_ONLY = ("train.epochs=", "train.milestones=", "train.warmup_epochs=", "train.schedule=")
 
@@ -305,6 +307,16 @@ def update_readme(table: str, text: str) -> None:
         atomic_write_text(readme, f"{head}{start}\n{text}{end}{tail}")
 
 
+def table_and_budget(table: str, overrides: list[str]) -> tuple[str, str]:
+    """The results table and runs folder of a sitting: overrides that change what is learned make
+    a different budget, a different table, never mixed with the recipe's; speed-only ones do not."""
+    changing = [o for o in overrides if not o.startswith(SPEED_ONLY)]
+    if not changing:
+        return table, "recipe"
+    budget = "-".join(o.replace("/", "_").replace("=", "") for o in changing)
+    return f"{table}-{budget}", budget
+
+
 def main(
     table: str,
     rows: list[Row],
@@ -335,10 +347,7 @@ def main(
         "overrides", nargs="*", help="extra overrides for every row, e.g. train.epochs=200"
     )
     args = parser.parse_args(argv)
-    budget = "recipe"
-    if args.overrides:  # a different budget is a different table, never mixed with this one
-        budget = "-".join(o.replace("/", "_").replace("=", "") for o in args.overrides)
-        table = f"{table}-{budget}"
+    table, budget = table_and_budget(table, args.overrides)
     runs_dir = args.runs_dir or ROOT / "runs" / "benchmarks" / budget
     if args.rows:
         unknown = set(args.rows) - {r.name for r in rows}

@@ -80,3 +80,12 @@ def test_a_stage2_row_whose_stage1_checkpoint_is_elsewhere_is_left_out(tmp_path)
     (runs / "CE-seed1" / "checkpoint.pt").write_bytes(b"")
     # seed 0: kept, but trained elsewhere; seed 1: here; seed 2: CE is queued first
     assert [t.key for t in fill_all.without_stage1(queue, runs)] == ["cRT/seed0"]
+
+
+def test_speed_only_overrides_keep_a_row_in_its_table():
+    assert table.table_and_budget("t", []) == ("t", "recipe")
+    assert table.table_and_budget("t", ["train.compile=reduce-overhead"]) == ("t", "recipe")
+    assert table.table_and_budget("t", ["train.epochs=200", "train.compile=default"]) == (
+        "t-train.epochs200",
+        "train.epochs200",
+    )
