@@ -219,7 +219,8 @@ def render(result: dict, batch: int) -> str:
             else ""
         )
         + f"; the most any loader could give here is "
-        f"{result['speedup_bound']:.2f}x (bare channels_last step / reference); {layout} "
+        f"{own_bound / ref['images_per_s']:.2f}x (bare {'compiled ' if compiled else ''}"
+        f"channels_last step / reference); {layout} "
         f"is worth {bound['ours'] / bound['reference']:.2f}x on the bare step. ResNet-32, "
         f"Fashion-MNIST-LT IF100 ({result['train_images']} images), batch {batch}; machine: "
         f"{result['machine']}; torch {result['torch']}."
