@@ -340,7 +340,7 @@ def main(
         type=int,
         default=1,
         help="runs at a time, each with cores/jobs threads and its output in <run dir>.log (on "
-        "2 cores, 2 jobs of 1 thread trained 1.45x the images/s of 1 job of 2 threads)",
+        "2 cores, 2 jobs of 1 thread trained 1.14x to 1.45x the images/s of 1 job of 2 threads)",
     )
     parser.add_argument("--render-only", action="store_true", help="only rebuild the markdown")
     parser.add_argument(
