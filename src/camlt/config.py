@@ -290,6 +290,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     return cfg
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # train.compile
 _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.order": ("standard", "hard"),
@@ -300,7 +301,7 @@ _CHOICES = {
     "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
+    "train.compile": COMPILE_MODES,
     "train.device": ("auto", "cpu", "cuda"),
     "data.sampler": ("instance", "class", "sqrt", "progressive"),
     "loss.cb_base": ("ce", "focal"),
