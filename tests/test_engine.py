@@ -90,9 +90,13 @@ def test_lr_schedule_warmup_then_steps(tiny_cfg):
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_training_matches_eager_and_keeps_checkpoints_plain(tiny_cfg, tmp_path):
-    """train.compile changes speed, not the model: same loss, same checkpoint keys, P updated."""
-    camc = ("model.head=camc", "train.epochs=1")
+@pytest.mark.parametrize("variant", ["section2", "class"])
+def test_compiled_training_matches_eager_and_keeps_checkpoints(tiny_cfg, tmp_path, variant):
+    """train.compile changes speed, not the model: same loss, same checkpoint keys, P updated.
+
+    P changes in place after each forward; a compiled graph must not keep it for backward.
+    """
+    camc = ("model.head=camc", f"model.camc.variant={variant}", "train.epochs=1")
     eager = tiny_cfg(*camc, f"train.run_dir={tmp_path / 'eager'}")
     engine.train(eager, tmp_path / "eager")
     compiled = tiny_cfg(*camc, "train.compile=default", f"train.run_dir={tmp_path / 'compiled'}")

@@ -231,14 +231,17 @@ class CAMCHead(nn.Module):
 
     # ------------------------------------------------------------------------- the steps' parts
     def _prototypes(self, W_hat: torch.Tensor) -> torch.Tensor:
-        """P, set to Ŵ at the first training step; before that (eval only) Ŵ stands in for it."""
+        """P, set to Ŵ at the first training step; before that (eval only) Ŵ stands in for it.
+
+        In training it is a copy: step 7 changes P in place before the backward pass uses it.
+        """
         if not bool(self.P_ready):
             if not self.training:
                 return W_hat.detach()
             with torch.no_grad():
                 self.P.copy_(W_hat)
                 self.P_ready.fill_(True)
-        return self.P
+        return _snapshot(self.P) if self.training else self.P
 
     def _guide(self, z0: torch.Tensor, targets, ranking_only: bool = False):
         """Top-k guide classes ``idx`` (B, k) and weights ``q`` (B, k) summing to 1, detached."""
@@ -266,8 +269,7 @@ class CAMCHead(nn.Module):
             cam = _rows_times(W_hat, idx, F_u) * inv_norm  # <F̂_u, ŵ_k>
         else:
             cam = _rows_times(W, idx, F_u)  # <F_u, w_k>
-        # P is updated in place after the forward: autograd must keep a copy, not P itself.
-        corr = _rows_times(P.clone() if idx is None else P, idx, F_u) * inv_norm  # <F̂_u, P_k>
+        corr = _rows_times(P, idx, F_u) * inv_norm  # <F̂_u, P_k>
         return cam, corr
 
     def _attention_logits(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -316,6 +318,12 @@ def _whole_batch(*parts: torch.Tensor) -> list[torch.Tensor]:
         dist.all_gather(pieces, t.contiguous())
         out.append(torch.cat(pieces))
     return out
+
+
+@torch.compiler.disable
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A copy made outside any compiled graph, which would fold a clone into the original."""
+    return t.clone()
 
 
 def _rows_times(M: torch.Tensor, idx: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:
