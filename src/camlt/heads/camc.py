@@ -155,19 +155,19 @@ class CAMCHead(nn.Module):
             raise ValueError(f"CAMCHead targets must be (B,) class indices, got {targets.shape}")
         # The cosine and softmax math stays in float32 even under autocast.
         with torch.autocast(F.device.type, enabled=False):
+            P = self._prototypes()
             if self.variant == "class":
-                return self._forward_class(F.float(), targets, return_maps, map_class)
-            return self._forward_section2(F.float(), targets, return_maps, map_class)
+                return self._forward_class(F.float(), P, targets, return_maps, map_class)
+            return self._forward_section2(F.float(), P, targets, return_maps, map_class)
 
     def _forward_section2(
-        self, F: torch.Tensor, targets, return_maps: bool, map_class
+        self, F: torch.Tensor, P: torch.Tensor, targets, return_maps: bool, map_class
     ) -> HeadOutput:
         """Steps 1-9 of METHOD.md section 2."""
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)  # (B, C, HW): the C-vector at each location u
         F_norm = _location_norms(F_u)  # <F̂_u, v> = <F_u, v> / ||F_u||, without building F̂
-        P = self._prototypes(W_hat)
         # step 1: base prediction
         f0 = F_u.mean(2)
         z0 = s * _cos(f0, W_hat)
@@ -195,13 +195,14 @@ class CAMCHead(nn.Module):
             out.maps = self._maps(F, F_u, F_norm, W, W_hat, P, map_class, used)
         return out
 
-    def _forward_class(self, F: torch.Tensor, targets, return_maps: bool, map_class) -> HeadOutput:
+    def _forward_class(
+        self, F: torch.Tensor, P: torch.Tensor, targets, return_maps: bool, map_class
+    ) -> HeadOutput:
         """METHOD.md 3b: each class attends to its own regions and reinforces its own logit."""
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)
         F_norm = _location_norms(F_u)
-        P = self._prototypes(W_hat)
         # step 1: base prediction
         f0 = F_u.mean(2)
         cos0 = _cos(f0, W_hat)
@@ -230,18 +231,21 @@ class CAMCHead(nn.Module):
         return out
 
     # ------------------------------------------------------------------------- the steps' parts
-    def _prototypes(self, W_hat: torch.Tensor) -> torch.Tensor:
+    @torch.compiler.disable
+    def _prototypes(self) -> torch.Tensor:
         """P, set to Ŵ at the first training step; before that (eval only) Ŵ stands in for it.
 
         In training it is a copy: step 7 changes P in place before the backward pass uses it.
+        Run outside torch.compile, whose graphs would fold the copy into P (one graph break).
         """
         if not bool(self.P_ready):
+            W_hat = nnf.normalize(self.classifier.weight.detach().float(), dim=1)
             if not self.training:
-                return W_hat.detach()
+                return W_hat
             with torch.no_grad():
                 self.P.copy_(W_hat)
                 self.P_ready.fill_(True)
-        return _snapshot(self.P) if self.training else self.P
+        return self.P.clone() if self.training else self.P
 
     def _guide(self, z0: torch.Tensor, targets, ranking_only: bool = False):
         """Top-k guide classes ``idx`` (B, k) and weights ``q`` (B, k) summing to 1, detached."""
@@ -279,12 +283,16 @@ class CAMCHead(nn.Module):
 
     @torch.no_grad()
     def _update_prototypes(self, g: torch.Tensor, targets: torch.Tensor) -> None:
-        """P_c <- normalize(mu P_c + (1 - mu) mean ĝ_i over the batch's images of class c)."""
+        """P_c <- normalize(mu P_c + (1 - mu) mean ĝ_i over the batch's images of class c).
+
+        Fixed shapes (a one-hot matmul, not ``unique``): deterministic, and no compile break.
+        """
         g_hat, targets = _whole_batch(nnf.normalize(g.detach().float(), dim=1), targets)
-        classes = targets.unique()
-        member = (classes[:, None] == targets[None, :]).float()  # deterministic class means
-        mean = (member @ g_hat) / member.sum(1, keepdim=True)
-        self.P[classes] = nnf.normalize(self.mu * self.P[classes] + (1 - self.mu) * mean, dim=1)
+        member = nnf.one_hot(targets, self.P.shape[0]).t().float()  # (K, B)
+        count = member.sum(1, keepdim=True)
+        mean = (member @ g_hat) / count.clamp_min(1)
+        moved = nnf.normalize(self.mu * self.P + (1 - self.mu) * mean, dim=1)
+        self.P.copy_(torch.where(count > 0, moved, self.P))
 
     @torch.no_grad()
     def _maps(self, F, F_u, F_norm, W, W_hat, P, map_class, used, top=None) -> dict:
@@ -318,12 +326,6 @@ def _whole_batch(*parts: torch.Tensor) -> list[torch.Tensor]:
         dist.all_gather(pieces, t.contiguous())
         out.append(torch.cat(pieces))
     return out
-
-
-@torch.compiler.disable
-def _snapshot(t: torch.Tensor) -> torch.Tensor:
-    """A copy made outside any compiled graph, which would fold a clone into the original."""
-    return t.clone()
 
 
 def _rows_times(M: torch.Tensor, idx: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:
