@@ -26,6 +26,12 @@ PAIRS = [
     ("ablation", "hard: CAMC variant=class", "hard: CE + normalized s=16"),
     ("ablation", "hard: CAMC uncalibrated", "hard: CAMC full"),
     ("ablation", "hard: CAMC + balanced softmax", "hard: normalized s=16 + balanced softmax"),
+    ("ablation", "hard: CAMC variant=class + balanced softmax", "hard: CAMC + balanced softmax"),
+    (
+        "ablation",
+        "hard: CAMC variant=class + balanced softmax",
+        "hard: normalized s=16 + balanced softmax",
+    ),
     (
         "baselines",
         "hard: CAMC + balanced softmax",
