@@ -285,10 +285,12 @@ class CAMCHead(nn.Module):
     def _update_prototypes(self, g: torch.Tensor, targets: torch.Tensor) -> None:
         """P_c <- normalize(mu P_c + (1 - mu) mean ĝ_i over the batch's images of class c).
 
-        Fixed shapes (a one-hot matmul, not ``unique``): deterministic, and no compile break.
+        Fixed shapes (a membership matmul, not ``unique``): deterministic, no host sync, and no
+        compile break.
         """
         g_hat, targets = _whole_batch(nnf.normalize(g.detach().float(), dim=1), targets)
-        member = nnf.one_hot(targets, self.P.shape[0]).t().float()  # (K, B)
+        classes = torch.arange(self.P.shape[0], device=targets.device)
+        member = (classes[:, None] == targets[None, :]).float()  # (K, B)
         count = member.sum(1, keepdim=True)
         mean = (member @ g_hat) / count.clamp_min(1)
         moved = nnf.normalize(self.mu * self.P + (1 - self.mu) * mean, dim=1)
