@@ -206,8 +206,7 @@ def fill_queue(
                 continue
             entry = table.collect(run.task.row, run.task.seed, runs_dir, extra, wall, threads)
             for name in run.task.tables:
-                results[name][key] = entry
-                table.atomic_write_json(table.RESULTS / f"{name}.json", results[name])
+                table.save_result(table.RESULTS / f"{name}.json", results[name], key, entry)
             done.add(key)
             if run.task.cost >= MIN_PACE_COST:
                 rates.append(wall / run.task.cost)

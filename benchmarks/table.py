@@ -76,6 +76,17 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def save_result(path: Path, results: dict, key: str, entry: dict) -> None:
+    """Add one result to ``results`` and to the file, keeping what others wrote there meanwhile.
+
+    Two drivers of the same table (e.g. two ``--rows`` launches) each held their own copy of
+    the file; without the re-read, the later write dropped the earlier driver's new rows.
+    """
+    results.update({**load(path), key: entry})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, results)
+
+
 def train_seconds(run_dir: Path) -> float | None:
     """Seconds the run spent in training epochs, over all its (resumed) sittings; None if unknown.
 
@@ -220,14 +231,13 @@ def fill(
                 row, seed = futures[future]
                 key = f"{row.name}/seed{seed}"
                 try:
-                    results[key] = future.result()
+                    entry = future.result()
                 except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as err:
                     failed[key] = str(err)
                     with _PRINT:
                         print(f"FAILED {key}: {err}", flush=True)
                     continue
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, results)  # only this thread writes it
+                save_result(path, results, key, entry)  # only this thread writes it
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are kept")
     return results

@@ -89,3 +89,20 @@ def test_speed_only_overrides_keep_a_row_in_its_table():
         "t-train.epochs200",
         "train.epochs200",
     )
+
+
+def test_a_second_driver_of_the_same_table_keeps_the_first_ones_rows(tmp_path, monkeypatch):
+    _fake_runs(monkeypatch, tmp_path, {})
+    path = tmp_path / "results" / "a.json"
+    other = {"overrides": [], "metrics": {"overall": 0.9}}
+
+    def run_and_meanwhile_another_driver_saves(*args, **kwargs):
+        table.atomic_write_json(path, {**table.load(path), "focal/seed0": other})
+        return real(*args, **kwargs)
+
+    real = table.run_one
+    monkeypatch.setattr(table, "run_one", run_and_meanwhile_another_driver_saves)
+    results = table.fill("a", [CE], (0,), tmp_path / "runs", [])
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"CE/seed0", "focal/seed0"} and saved["focal/seed0"] == other
+    assert set(results) == set(saved)
