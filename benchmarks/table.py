@@ -281,6 +281,7 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
     meta: dict[tuple, list[str]] = {}  # (machine, epochs, torch) -> the rows it produced
     for row in rows:
         entries = [v for k, v in results.items() if k.split("/seed")[0] == row.name]
+        entries.sort(key=lambda e: e["seed"])  # the file keeps finishing order
         if not entries:
             lines.append(f"| {row.name} | not run yet |" + " |" * (len(header) - 2))
             continue

@@ -106,3 +106,11 @@ def test_a_second_driver_of_the_same_table_keeps_the_first_ones_rows(tmp_path, m
     saved = json.loads(path.read_text())
     assert set(saved) == {"CE/seed0", "focal/seed0"} and saved["focal/seed0"] == other
     assert set(results) == set(saved)
+
+
+def test_a_row_lists_its_seeds_in_order_whatever_order_they_finished_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "RESULTS", tmp_path)
+    entry = {"machine": "cpu", "epochs": 1, "torch": "x", "metrics": {"overall": 0.5}}
+    finished = {f"CE/seed{s}": {**entry, "seed": s} for s in (0, 2, 1)}
+    table.atomic_write_json(tmp_path / "a.json", finished)
+    assert "| CE | 0,1,2 | 50.0 ± 0.0 |" in table.render("a", [CE], "t")
