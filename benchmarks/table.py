@@ -237,7 +237,7 @@ def fill(
                     with _PRINT:
                         print(f"FAILED {key}: {err}", flush=True)
                     continue
-                save_result(path, results, key, entry)  # only this thread writes it
+                save_result(path, results, key, entry)  # this driver's one writer thread
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are kept")
     return results
