@@ -10,6 +10,7 @@ block between ``<!-- table:<name> -->`` markers in the README.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,15 +79,25 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock`` (waits for other holders)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def save_result(path: Path, results: dict, key: str, entry: dict) -> None:
     """Add one result to ``results`` and to the file, keeping what others wrote there meanwhile.
 
-    Two drivers of the same table (e.g. two ``--rows`` launches) each held their own copy of
-    the file; without the re-read, the later write dropped the earlier driver's new rows.
+    Two drivers of the same table (e.g. two ``--rows`` launches) each hold their own copy of
+    the file: the re-read keeps the other's new rows, and the lock keeps its write from landing
+    between our read and our write.
     """
-    results.update({**load(path), key: entry})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, results)
+    with locked(path):
+        results.update({**load(path), key: entry})
+        atomic_write_json(path, results)
 
 
 def train_seconds(run_dir: Path) -> float | None:

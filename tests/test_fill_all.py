@@ -2,6 +2,7 @@
 
 import json
 import sys
+import threading
 
 from conftest import ROOT
 
@@ -106,6 +107,19 @@ def test_a_second_driver_of_the_same_table_keeps_the_first_ones_rows(tmp_path, m
     saved = json.loads(path.read_text())
     assert set(saved) == {"CE/seed0", "focal/seed0"} and saved["focal/seed0"] == other
     assert set(results) == set(saved)
+
+
+def test_a_save_waits_for_the_other_drivers_write_instead_of_racing_it(tmp_path):
+    path = tmp_path / "a.json"
+    other = {"overrides": [], "metrics": {"overall": 0.9}}
+    saver = threading.Thread(target=table.save_result, args=(path, {}, "CE/seed0", {"x": 1}))
+    with table.locked(path):  # the other driver, between its read and its write
+        saver.start()
+        saver.join(timeout=0.5)
+        assert saver.is_alive()  # ours waits instead of reading the stale file
+        table.atomic_write_json(path, {"focal/seed0": other})
+    saver.join(timeout=10)
+    assert json.loads(path.read_text()) == {"focal/seed0": other, "CE/seed0": {"x": 1}}
 
 
 def test_a_row_lists_its_seeds_in_order_whatever_order_they_finished_in(tmp_path, monkeypatch):
