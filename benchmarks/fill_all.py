@@ -31,7 +31,7 @@ import table
 from table import Row
 
 from camlt.checkpoint import CHECKPOINT
-from camlt.config import load_config
+from camlt.config import COMPILE_MODES, load_config
 
 TABLES = {
     "foundation": foundation_table.ROWS,
@@ -254,6 +254,11 @@ def main() -> None:
         help="train.amp for every run (off on a GPU: the fp32 of the CPU runs beside them)",
     )
     parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="train.compile for every run (speed only: the rows stay in their tables)",
+    )
+    parser.add_argument(
         "--max-cost",
         type=float,
         default=float("inf"),
@@ -281,6 +286,7 @@ def main() -> None:
         if kept:
             table.atomic_write_json(table.RESULTS / f"{name}.json", kept)
     extra = [f"train.amp={args.amp}"] if args.amp else []
+    extra += [f"train.compile={args.compile}"] if args.compile else []
     outcome = fill_queue(queue, results, args.runs_dir, args.jobs, args.budget_s, extra)
     for kind, keys in outcome.items():
         print(

@@ -148,6 +148,7 @@ def collect(
         "train_counts": final["train_counts"],
         "classes": final["classes"],
         "epochs": final["epochs"],
+        "precision": final.get("precision", "fp32"),
         "seed": seed,
         "row": row.name,
         "overrides": row.overrides + row_extra(row, seed, runs_dir, extra),
@@ -256,6 +257,12 @@ def fill(
     return results
 
 
+def precision(entry: dict) -> str:
+    """How a result was computed. Entries kept before the field existed are all fp32: the AVX2
+    CPUs have no fast bf16 (``train.amp=auto`` stays fp32) and the GPU runs passed train.amp=off."""
+    return entry.get("precision", "fp32")
+
+
 def cell(values: list[float]) -> str:
     """mean ± spread (population std over seeds), in percent."""
     if not values:
@@ -298,7 +305,7 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
         if not entries:
             lines.append(f"| {row.name} | not run yet |" + " |" * (len(header) - 2))
             continue
-        for key in {(e["machine"], e["epochs"], e["torch"]) for e in entries}:
+        for key in {(e["machine"], precision(e), e["epochs"], e["torch"]) for e in entries}:
             meta.setdefault(key, []).append(row.name)
         cells = [row.name, ",".join(str(e["seed"]) for e in entries)]
         for col in COLUMNS:
@@ -308,9 +315,11 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
             cells.append(cell([fn(e) for e in entries]))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for (machine_name, epochs, torch_version), names in sorted(meta.items(), key=str):
+    for (machine_name, prec, epochs, torch_version), names in sorted(meta.items(), key=str):
         which = "every row" if len(meta) == 1 else ", ".join(f'"{n}"' for n in names)
-        lines.append(f"Machine: {machine_name}; {epochs} epochs; torch {torch_version}: {which}.")
+        lines.append(
+            f"Machine: {machine_name}; {prec}; {epochs} epochs; torch {torch_version}: {which}."
+        )
     if any(row.depends for row in rows):
         lines.append("A stage-2 row's epochs are its own, on top of its stage-1 run's.")
     lines.append("Accuracy in %, mean ± population std over the seeds listed; ECE (15 bins) in %.")

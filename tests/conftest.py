@@ -113,6 +113,9 @@ def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
         f"train.run_dir={run_dir}",
         "train.threads=1",
         "train.eval_every=1",  # the Fashion-MNIST recipe tests every 5 epochs
+        # fp32 on every machine: tests that compare two code paths (eager and compiled, one
+        # process and two) hold to fp32 rounding; auto would pick bf16 on a CPU that has it
+        "train.amp=off",
     ]
 
 

@@ -57,6 +57,15 @@ def test_train_eval_and_resume_equal_an_uninterrupted_run(tiny_cfg, tmp_path, mo
     assert evaluated == full and len(classes) == 10 and counts[1] == 30
     saved = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
     assert saved["metrics"]["overall"] == full["overall"]
+    assert saved["precision"] == "fp32"  # what tiny_cfg's train.amp=off trains in
+
+
+def test_bf16_autocast_trains_and_the_run_says_so(tiny_cfg, tmp_path):
+    """The precision train.amp=auto picks on a CPU with native bf16, forced here on any CPU."""
+    metrics = engine.train(tiny_cfg("train.amp=bf16", "train.epochs=1"), tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert saved["precision"] == "bf16" and 0.0 <= metrics["overall"] <= 1.0
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["loss"] < 10  # finite, not diverged
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_the_config(tiny_cfg, tmp_path):

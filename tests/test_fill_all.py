@@ -128,3 +128,16 @@ def test_a_row_lists_its_seeds_in_order_whatever_order_they_finished_in(tmp_path
     finished = {f"CE/seed{s}": {**entry, "seed": s} for s in (0, 2, 1)}
     table.atomic_write_json(tmp_path / "a.json", finished)
     assert "| CE | 0,1,2 | 50.0 ± 0.0 |" in table.render("a", [CE], "t")
+
+
+def test_the_footer_says_which_precision_each_row_was_computed_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "RESULTS", tmp_path)
+    entry = {"machine": "cpu", "epochs": 1, "torch": "x", "metrics": {"overall": 0.5}}
+    kept = {
+        "CE/seed0": {**entry, "seed": 0},
+        "focal/seed0": {**entry, "seed": 0, "precision": "bf16"},
+    }
+    table.atomic_write_json(tmp_path / "a.json", kept)
+    text = table.render("a", [CE, FOCAL], "t")
+    assert 'Machine: cpu; fp32; 1 epochs; torch x: "CE".' in text  # kept before the field existed
+    assert 'Machine: cpu; bf16; 1 epochs; torch x: "focal".' in text

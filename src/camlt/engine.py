@@ -97,6 +97,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What ``train.amp=auto`` resolved to, for results that must say how they were computed."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -530,6 +535,7 @@ def fit(run: Run) -> dict:
         "classes": run.train_set.classes,
         "train_counts": run.train_counts,
         "epochs": epochs,
+        "precision": precision_name(run.dtype),
         "config": OmegaConf.to_container(run.cfg),
     }
     if run.val_loader is not None and best_val >= 0:
