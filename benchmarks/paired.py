@@ -16,7 +16,7 @@ import argparse
 import json
 import statistics
 
-from table import RESULTS, atomic_write_json, atomic_write_text, load, rarest1, update_readme
+from table import RESULTS, load, publish, rarest1
 
 # (table, row A, row B): A minus B
 PAIRS = [
@@ -101,15 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    path = RESULTS / "paired.json"
     if args.render_only:
-        pairs = json.loads(path.read_text())
+        pairs = json.loads((RESULTS / "paired.json").read_text())
     else:
         pairs = [compare(*p) for p in PAIRS]
-        atomic_write_json(path, pairs)
     text = render(pairs)
-    atomic_write_text(RESULTS / "paired.md", text)
-    update_readme("paired", text)
+    publish("paired", pairs, text)
     print(text)
 
 

@@ -340,6 +340,13 @@ def update_readme(table: str, text: str) -> None:
         atomic_write_text(readme, f"{head}{start}\n{text}{end}{tail}")
 
 
+def publish(name: str, data: object, text: str) -> None:
+    """Keep a results file's JSON, its markdown and its README block in step."""
+    atomic_write_json(RESULTS / f"{name}.json", data)
+    atomic_write_text(RESULTS / f"{name}.md", text)
+    update_readme(name, text)
+
+
 def table_and_budget(table: str, overrides: list[str]) -> tuple[str, str]:
     """The results table and runs folder of a sitting: overrides that change what is learned make
     a different budget, a different table, never mixed with the recipe's; speed-only ones do not."""

@@ -1,0 +1,128 @@
+"""How much of the gap between CE on the long-tailed set and the ceiling each row closes.
+
+BENCHMARKS.md measures a method by that share: the ceiling is the same model and epochs trained
+on the full balanced set, so ``(row - CE) / (ceiling - CE)`` is 0% for plain CE and 100% for a
+method that makes the long tail cost nothing. Rows are taken from the kept results of the
+baselines and ablation tables (hard order, 30 epochs), means over their seeds.
+
+    python benchmarks/gap.py            # writes results/gap.json and .md, and the README block
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import ablation
+import baselines
+from table import RESULTS, load, publish, rarest
+
+CEILING = "ceiling: balanced, CE + linear"
+CE = "hard: CE + linear"
+COLUMNS = ("overall", "tail", "rarest")
+
+
+def class_groups(ce_run: dict) -> dict[str, list[str]]:
+    """The tail (the rarest third) and the rarest class of the long-tailed set, by name: the
+    balanced ceiling has no rarest classes of its own, so they are looked up there by name."""
+    classes = ce_run["classes"]
+    return {
+        "tail": [classes[c] for c in rarest(ce_run, round(len(classes) / 3))],
+        "rarest": [classes[c] for c in rarest(ce_run, 1)],
+    }
+
+
+def value(entry: dict, col: str, groups: dict[str, list[str]]) -> float:
+    """A column of one run: overall, or the mean accuracy of a group's classes."""
+    if col == "overall":
+        return entry["metrics"]["overall"]
+    per_class = entry["metrics"]["per_class"]
+    return statistics.fmean(per_class[entry["classes"].index(name)] for name in groups[col])
+
+
+def hard_order_rows() -> list[str]:
+    """Every long-tailed hard-order row of the two tables, in table order, each once."""
+    names = [row.name for row in [*baselines.ROWS, *ablation.ROWS]]
+    return [
+        n for n in dict.fromkeys(names) if n not in (CEILING, CE) and not n.startswith("standard:")
+    ]
+
+
+def means(results: dict, row: str, groups: dict[str, list[str]]) -> dict | None:
+    """Column means over a row's kept seeds; None when the row has none."""
+    entries = [e for e in results.values() if e["row"] == row]
+    if not entries:
+        return None
+    cols = {c: statistics.fmean(value(e, c, groups) for e in entries) for c in COLUMNS}
+    return {**cols, "seeds": sorted(e["seed"] for e in entries)}
+
+
+def closed(row: dict, ce: dict, ceiling: dict) -> dict[str, float | None]:
+    """Share of the CE-to-ceiling gap a row closes, per column (None where there is no gap)."""
+    return {
+        col: (row[col] - ce[col]) / (ceiling[col] - ce[col])
+        if abs(ceiling[col] - ce[col]) > 1e-9
+        else None
+        for col in COLUMNS
+    }
+
+
+def compute(results: dict) -> dict:
+    ce_runs = [e for e in results.values() if e["row"] == CE]
+    if not ce_runs:
+        return {"ce": None, "ceiling": None, "groups": {}, "rows": {}}
+    groups = class_groups(ce_runs[0])
+    ce, ceiling = means(results, CE, groups), means(results, CEILING, groups)
+    rows = {}
+    for name in hard_order_rows() if ceiling else []:
+        row = means(results, name, groups)
+        if row:
+            rows[name] = {**row, "closed": closed(row, ce, ceiling)}
+    return {"ce": ce, "ceiling": ceiling, "groups": groups, "rows": rows}
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def render(gap: dict) -> str:
+    if not gap["rows"]:
+        return "Not run yet: needs the ceiling and CE rows.\n"
+    ce, ceiling = gap["ce"], gap["ceiling"]
+    lines = [
+        "**Share of the gap between CE and the ceiling that each row closes** "
+        "(Fashion-MNIST-LT IF100, hard order, ResNet-32, 30 epochs)",
+        "",
+        "| row | seeds | overall | tail | rarest |",
+        "|---|---|---|---|---|",
+        f"| {CE} (0%) | {','.join(map(str, ce['seeds']))} | "
+        + " | ".join(f"{100 * ce[c]:.1f}" for c in COLUMNS)
+        + " |",
+        f"| {CEILING} (100%) | {','.join(map(str, ceiling['seeds']))} | "
+        + " | ".join(f"{100 * ceiling[c]:.1f}" for c in COLUMNS)
+        + " |",
+    ]
+    for name, row in sorted(gap["rows"].items(), key=lambda kv: -kv[1]["closed"]["overall"]):
+        cells = [f"{pct(row['closed'][c])} ({100 * row[c]:.1f})" for c in COLUMNS]
+        lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Each cell: (row - CE) / (ceiling - CE) on the means over the seeds listed, then the "
+        "row's own mean accuracy in %; rows sorted by the overall share. tail: "
+        f"{', '.join(gap['groups']['tail'])}; rarest: {gap['groups']['rarest'][0]} (the "
+        "classes with the fewest long-tailed training images, taken by name in the balanced "
+        "ceiling). The ceiling is one seed. Machines and precision as in the tables the rows "
+        "come from.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    results = {**load(RESULTS / "ablation.json"), **load(RESULTS / "baselines.json")}
+    gap = compute(results)
+    text = render(gap)
+    publish("gap", gap, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

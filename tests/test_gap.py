@@ -1,0 +1,46 @@
+"""The share of the CE-to-ceiling gap a row closes, with the tail found by class name."""
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gap  # noqa: E402
+
+CLASSES = ["bag", "coat", "shirt"]
+
+
+def _entry(row: str, seed: int, per_class: list[float], classes=CLASSES, counts=(100, 10, 5)):
+    metrics = {"overall": sum(per_class) / 3, "per_class": per_class}
+    return {
+        "row": row,
+        "seed": seed,
+        "metrics": metrics,
+        "classes": classes,
+        "train_counts": counts,
+    }
+
+
+def test_shares_are_of_the_gap_on_seed_means_and_the_ceiling_is_read_by_class_name():
+    row = "balanced softmax = logit adjustment loss (tau 1)"
+    results = {
+        "ce0": _entry(gap.CE, 0, [0.9, 0.5, 0.1]),
+        "ce1": _entry(gap.CE, 1, [0.9, 0.5, 0.3]),  # CE's shirt: 0.2 on average
+        # the ceiling lists its classes in another order and has no rarest class of its own
+        "top": _entry(gap.CEILING, 0, [0.6, 0.8, 0.9], ["shirt", "coat", "bag"], (6, 6, 6)),
+        "bs0": _entry(row, 0, [0.9, 0.6, 0.4]),
+    }
+    out = gap.compute(results)
+    assert out["groups"] == {"tail": ["shirt"], "rarest": ["shirt"]}  # round(3 / 3) = 1 class
+    assert out["ceiling"]["rarest"] == pytest.approx(0.6)
+    assert out["rows"][row]["closed"]["rarest"] == pytest.approx((0.4 - 0.2) / (0.6 - 0.2))
+    ce_overall, top_overall = (0.9 + 0.5 + 0.2) / 3, (0.6 + 0.8 + 0.9) / 3
+    expected = ((0.9 + 0.6 + 0.4) / 3 - ce_overall) / (top_overall - ce_overall)
+    assert out["rows"][row]["closed"]["overall"] == pytest.approx(expected)
+    assert "| balanced softmax = logit adjustment loss (tau 1) | 0 | " in gap.render(out)
+
+
+def test_without_the_ceiling_nothing_is_claimed():
+    out = gap.compute({"ce0": _entry(gap.CE, 0, [0.9, 0.5, 0.1])})
+    assert out["rows"] == {} and gap.render(out).startswith("Not run yet")
