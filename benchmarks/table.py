@@ -257,6 +257,15 @@ def fill(
     return results
 
 
+# Groups of classes by their rank in training count: undefined when every count is the same.
+BY_RANK = ("head", "middle", "tail")
+
+
+def balanced(entry: dict) -> bool:
+    """Whether a run trained on equal class counts (the ceiling)."""
+    return len(set(entry.get("train_counts", []))) == 1
+
+
 def precision(entry: dict) -> str:
     """How a result was computed. Entries kept before the field existed are all fp32: the AVX2
     CPUs have no fast bf16 (``train.amp=auto`` stays fp32) and the GPU runs passed train.amp=off."""
@@ -308,13 +317,22 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
         for key in {(e["machine"], precision(e), e["epochs"], e["torch"]) for e in entries}:
             meta.setdefault(key, []).append(row.name)
         cells = [row.name, ",".join(str(e["seed"]) for e in entries)]
+        ranked = [e for e in entries if not balanced(e)]  # only these have a head and a tail
         for col in COLUMNS:
-            vals = [e["metrics"][col] for e in entries if e["metrics"].get(col) is not None]
-            cells.append(cell(vals))
+            kept = ranked if col in BY_RANK else entries
+            cells.append(
+                cell([e["metrics"][col] for e in kept if e["metrics"].get(col) is not None])
+            )
         for fn in extra_columns.values():
-            cells.append(cell([fn(e) for e in entries]))
+            cells.append(cell([fn(e) for e in ranked]))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if any(balanced(e) for e in results.values()):
+        lines.append(
+            "A row trained on the balanced set has no head, middle, tail or rarest classes of its "
+            "own (every class has the same count): those cells are '-'; `benchmarks/gap.py` reads "
+            "its accuracy on the long-tailed set's rarest classes by name."
+        )
     for (machine_name, prec, epochs, torch_version), names in sorted(meta.items(), key=str):
         which = "every row" if len(meta) == 1 else ", ".join(f'"{n}"' for n in names)
         lines.append(

@@ -141,3 +141,14 @@ def test_the_footer_says_which_precision_each_row_was_computed_in(tmp_path, monk
     text = table.render("a", [CE, FOCAL], "t")
     assert 'Machine: cpu; fp32; 1 epochs; torch x: "CE".' in text  # kept before the field existed
     assert 'Machine: cpu; bf16; 1 epochs; torch x: "focal".' in text
+
+
+def test_a_balanced_run_has_no_tail_of_its_own(tmp_path, monkeypatch):
+    """Equal class counts leave head and tail to a tie-break: the table shows '-' there."""
+    monkeypatch.setattr(table, "RESULTS", tmp_path)
+    metrics = {"overall": 0.9, "many": 0.9, "head": 0.95, "middle": 0.9, "tail": 0.85}
+    entry = {"machine": "cpu", "epochs": 1, "torch": "x", "seed": 0, "metrics": metrics}
+    table.atomic_write_json(tmp_path / "a.json", {"CE/seed0": {**entry, "train_counts": [6, 6, 6]}})
+    text = table.render("a", [CE], "t")
+    assert "| CE | 0 | 90.0 | 90.0 | - | - | - | - | - | - |" in text
+    assert "no head, middle, tail or rarest classes" in text
