@@ -67,6 +67,7 @@ def closed(row: dict, ce: dict, ceiling: dict) -> dict[str, float | None]:
 
 
 def compute(results: dict) -> dict:
+    """CE's and the ceiling's means, and each row's means and shares; no rows without both."""
     ce_runs = [e for e in results.values() if e["row"] == CE]
     if not ce_runs:
         return {"ce": None, "ceiling": None, "groups": {}, "rows": {}}
@@ -81,6 +82,7 @@ def compute(results: dict) -> dict:
 
 
 def pct(value: float | None) -> str:
+    """A share as a whole percentage; '-' where the ceiling and CE tie on that column."""
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
