@@ -307,7 +307,7 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
     extra_columns = extra_columns or {}
     header = ["row", "seeds", *COLUMNS, *extra_columns]
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    meta: dict[tuple, list[str]] = {}  # (machine, epochs, torch) -> the rows it produced
+    meta: dict[tuple, list[str]] = {}  # (machine, precision, epochs, torch) -> the rows it produced
     for row in rows:
         entries = [v for k, v in results.items() if k.split("/seed")[0] == row.name]
         entries.sort(key=lambda e: e["seed"])  # the file keeps finishing order
