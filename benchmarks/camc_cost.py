@@ -3,30 +3,41 @@
 For ResNet-32 at 32x32 (K=100, CIFAR-100-LT) and ResNet-50 at 224x224 (K=1000, ImageNet-LT),
 batch 32, fp32. Both heads sit on the same backbone; timed training steps (forward, loss,
 backward, SGD step) alternate between the two heads after a warm-up, and the ratio is the median
-of the per-round ratios. Writes benchmarks/results/camc_cost.json and .md.
+of the per-round ratios, with a bootstrap 95% interval: on a shared CPU one step's time moves by
+10% or more, so the interval says what the rounds can resolve. Each step's minor page faults are
+counted too: large activations come fresh from the OS each step under glibc malloc, and that cost
+depends on the allocator, not on the head. The table keeps one row per backbone and allocator.
+Writes benchmarks/results/camc_cost.json and .md.
 
     python benchmarks/camc_cost.py                 # about 5 minutes on one CPU thread
     python benchmarks/camc_cost.py --rounds 2 6    # fewer timed rounds (ResNet-50, ResNet-32)
     python benchmarks/camc_cost.py --device cuda   # on a GPU (the table names the card)
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1 \
+        python benchmarks/camc_cost.py             # the same under jemalloc (a row of its own)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
-from table import RESULTS, machine, update_readme
+from table import RESULTS, machine, publish
 from torch.utils.flop_counter import FlopCounterMode
 
-from camlt.checkpoint import atomic_write_json, atomic_write_text
 from camlt.heads import CAMCHead, NormalizedHead
 from camlt.models import LongTailClassifier, create_backbone
 
 BATCH = 32
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
@@ -62,9 +73,47 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(model, optimizer, images, labels) -> float:
-    """One training step, timed; the loss adds the auxiliary term as the engine does."""
+def minor_faults() -> int:
+    """Pages this process has faulted in so far (each one zeroed by the kernel)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def allocator() -> str:
+    """The malloc serving tensor memory: a preloaded jemalloc/tcmalloc, else glibc's."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            conf = os.environ.get("MALLOC_CONF", "")
+            return f"{name} ({conf})" if conf else name
+    return "glibc"
+
+
+def bootstrap_ci(
+    rounds: list, statistic: Callable[[list], float], level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``statistic`` over the rounds (seeded: a rerun agrees)."""
+    rng = random.Random(0)
+    values = sorted(
+        statistic(rng.choices(rounds, k=len(rounds))) for _ in range(BOOTSTRAP_RESAMPLES)
+    )
+    tail = (1 - level) / 2
+    return values[int(tail * len(values))], values[int((1 - tail) * len(values)) - 1]
+
+
+def median_ratio(rounds: list[tuple[float, float]]) -> float:
+    """Median over rounds of CAMC step / normalized step: robust to a slow round."""
+    return statistics.median(camc / norm for norm, camc in rounds)
+
+
+def total_ratio(rounds: list[tuple[float, float]]) -> float:
+    """All CAMC steps' time over all normalized steps': what a training run pays."""
+    return sum(camc for _, camc in rounds) / sum(norm for norm, _ in rounds)
+
+
+def train_step(model, optimizer, images, labels) -> tuple[float, int]:
+    """One training step: seconds and minor page faults. The loss adds the auxiliary term."""
     sync(images.device)
+    faults = minor_faults()
     start = time.perf_counter()
     out = model(images, labels)
     loss = nnf.cross_entropy(out.logits, labels)
@@ -74,7 +123,7 @@ def train_step(model, optimizer, images, labels) -> float:
     loss.backward()
     optimizer.step()
     sync(images.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, minor_faults() - faults
 
 
 def head_time(head: torch.nn.Module, fmap: torch.Tensor, labels: torch.Tensor, reps: int) -> float:
@@ -124,11 +173,14 @@ def measure(setting: Setting, device: torch.device) -> dict:
     for name in models:  # warm-up
         train_step(models[name], optimizers[name], images, labels)
     times: dict[str, list[float]] = {"normalized": [], "camc": []}
+    faults: dict[str, list[int]] = {"normalized": [], "camc": []}
     for i in range(setting.rounds):
         order = ("normalized", "camc") if i % 2 == 0 else ("camc", "normalized")
         for name in order:
-            times[name].append(train_step(models[name], optimizers[name], images, labels))
-    ratios = [a / b for a, b in zip(times["camc"], times["normalized"], strict=True)]
+            seconds, pages = train_step(models[name], optimizers[name], images, labels)
+            times[name].append(seconds)
+            faults[name].append(pages)
+    rounds = list(zip(times["normalized"], times["camc"], strict=True))
     step_norm = statistics.median(times["normalized"])
     base_flops = flops["normalized"]
     analytic = head_flops_analytic(c, hw, min(5, k), k)
@@ -147,7 +199,13 @@ def measure(setting: Setting, device: torch.device) -> dict:
         "flops_added_pct": 100 * analytic / base_flops,
         "step_s_normalized": step_norm,
         "step_s_camc": statistics.median(times["camc"]),
-        "step_time_ratio": statistics.median(ratios),
+        "step_time_ratio": median_ratio(rounds),
+        "step_time_ratio_ci95": bootstrap_ci(rounds, median_ratio),
+        "total_time_ratio": total_ratio(rounds),
+        "total_time_ratio_ci95": bootstrap_ci(rounds, total_ratio),
+        "step_s": times,
+        "faults_per_step": faults,
+        "allocator": allocator(),
         "head_s_normalized": head_s["normalized"],
         "head_s_camc": head_s["camc"],
         "step_time_ratio_from_head": 1 + (head_s["camc"] - head_s["normalized"]) / step_norm,
@@ -156,17 +214,16 @@ def measure(setting: Setting, device: torch.device) -> dict:
 
 
 def render(rows: list[dict], where: str) -> str:
-    """The cost table in markdown."""
+    """Two markdown tables: what the head adds (per backbone), and step times (per allocator)."""
     lines = [
         "**CAMC cost over GAP + normalized classifier** (batch 32, fp32, training step = forward"
         " + loss + backward + SGD step)",
         "",
         "| backbone | input | K | params | params added | P buffer | GFLOPs/img | FLOPs added "
-        "(matmul / all) | step s (norm / CAMC) | step-time ratio | head ms (norm / CAMC) "
-        "| ratio from head time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(matmul / all) | head ms (norm / CAMC) | ratio from head time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in _first_per_backbone(rows):
         lines.append(
             f"| {r['backbone']} | {r['input']} | {r['num_classes']} | "
             f"{r['params_normalized'] / 1e6:.2f}M | {r['params_added']} | "
@@ -174,22 +231,94 @@ def render(rows: list[dict], where: str) -> str:
             f"{r['forward_flops_per_image_normalized'] / 1e9:.3f} | "
             f"{r['forward_flops_added_matmul'] / 1e6:.2f}M / "
             f"{r['forward_flops_added_analytic'] / 1e6:.2f}M ({r['flops_added_pct']:.2f}%) | "
-            f"{r['step_s_normalized']:.3f} / {r['step_s_camc']:.3f} | "
-            f"{r['step_time_ratio']:.3f} | "
             f"{1e3 * r['head_s_normalized']:.2f} / {1e3 * r['head_s_camc']:.2f} | "
             f"{r['step_time_ratio_from_head']:.4f} |"
         )
     lines += [
         "",
-        f"Machine: {where}; torch {torch.__version__}; median of the timed rounds "
-        f"({', '.join(str(r['rounds']) for r in rows)}) after one warm-up step per head.",
+        "| backbone | allocator | rounds | step s (norm / CAMC) | step-time ratio, median "
+        "[95% CI] | total-time ratio [95% CI] | page faults per step (norm / CAMC) "
+        "| fault cost; CAMC's extra faults |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backbone']} | {r.get('allocator', 'glibc')} | {r['rounds']} | "
+            f"{r['step_s_normalized']:.3f} / {r['step_s_camc']:.3f} | "
+            f"{_with_interval(r, 'step_time_ratio')} | {_with_interval(r, 'total_time_ratio')} | "
+            f"{_faults(r)} | {_fault_cost(r)} |"
+        )
+    lines += [
+        "",
+        f"Machine: {where}; torch {torch.__version__}; one warm-up step per head, then the "
+        "timed rounds (each: one step per head, the order alternating).",
         "The head adds no parameter: W and s are the normalized classifier's; P (K x C) is a "
         "buffer. FLOPs: torch's FlopCounterMode (matmuls) and an analytic count with elementwise "
         "work; the percentage is of the whole forward pass. Head ms: the head's own forward + "
-        "backward on the batch's feature map (median of 20); the last column is "
-        "1 + (CAMC head - normalized head) / step, an estimate that the CPU's noise hurts less.",
+        "backward on the batch's feature map (median of 20); the ratio from head time is "
+        "1 + (CAMC head - normalized head) / step, an estimate that the CPU's noise hurts less. "
+        "Step-time ratio: the median of the per-round ratios CAMC / normalized; total-time "
+        "ratio: all CAMC steps over all normalized steps (what a run pays); bootstrap 95% "
+        "intervals over the rounds. "
+        "Page faults: minor faults per step (mean), pages the kernel zeroed for the allocator; "
+        "their cost is the least-squares slope of step time on faults over every timed step, "
+        "and CAMC's extra faults are that cost times its extra faults per step, as a share of "
+        "the normalized step.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _first_per_backbone(rows: list[dict]) -> list[dict]:
+    """One row per backbone: parameters and FLOPs do not depend on the allocator."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        seen.setdefault(r["backbone"], r)
+    return list(seen.values())
+
+
+def _with_interval(row: dict, key: str) -> str:
+    """``1.011 [0.971, 1.054]``; '-' for a figure older rows did not record."""
+    if key not in row:
+        return "-"
+    low_high = row.get(f"{key}_ci95")
+    interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
+    return f"{row[key]:.3f}{interval}"
+
+
+def _faults(row: dict) -> str:
+    """Mean page faults per step of each head; '-' where older rows did not count them."""
+    if "faults_per_step" not in row:
+        return "-"
+    norm, camc = (statistics.mean(row["faults_per_step"][h]) for h in ("normalized", "camc"))
+    return f"{norm:,.0f} / {camc:,.0f}"
+
+
+def fault_cost(row: dict) -> tuple[float, float] | None:
+    """Seconds one page fault adds to a step (least squares over every timed step), and the
+    share of a normalized step that CAMC's extra faults cost; None where a typical step takes no
+    fault (a caching allocator): a slope through a few stray faults would be noise."""
+    faults = row.get("faults_per_step")
+    if not faults or statistics.median(faults["normalized"] + faults["camc"]) == 0:
+        return None
+    slope, _ = statistics.linear_regression(
+        faults["normalized"] + faults["camc"], row["step_s"]["normalized"] + row["step_s"]["camc"]
+    )
+    extra = statistics.mean(faults["camc"]) - statistics.mean(faults["normalized"])
+    return slope, slope * extra / statistics.mean(row["step_s"]["normalized"])
+
+
+def _fault_cost(row: dict) -> str:
+    cost = fault_cost(row)
+    return "-" if cost is None else f"{1e6 * cost[0]:.1f} us each; {100 * cost[1]:+.1f}%"
+
+
+def merge_rows(old: dict, new_rows: list[dict], where: str) -> list[dict]:
+    """The new rows, plus earlier ones for another allocator measured on the same machine."""
+    if old.get("machine") != where:
+        return new_rows
+    fresh = {(r["backbone"], r["allocator"]) for r in new_rows}
+    kept = [r for r in old["rows"] if (r["backbone"], r.get("allocator", "glibc")) not in fresh]
+    return kept + new_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,7 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared machine)"
     )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the tables from the saved results"
+    )
     args = parser.parse_args(argv)
+    out = RESULTS / "camc_cost.json"
+    if args.render_only:
+        saved = json.loads(out.read_text())
+        _publish(saved["rows"], saved["machine"])
+        return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     settings = [
@@ -216,10 +353,13 @@ def main(argv: list[str] | None = None) -> None:
     on_cpu_beside_gpu = device.type == "cpu" and torch.cuda.is_available()
     where = f"CPU ({torch.get_num_threads()} threads)" if on_cpu_beside_gpu else machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "camc_cost.json", {"machine": where, "rows": rows})
+    old = json.loads(out.read_text()) if out.exists() else {}
+    _publish(merge_rows(old, rows, where), where)
+
+
+def _publish(rows: list[dict], where: str) -> None:
     text = render(rows, where)
-    atomic_write_text(RESULTS / "camc_cost.md", text)
-    update_readme("camc_cost", text)
+    publish("camc_cost", {"machine": where, "rows": rows}, text)
     print(text)
 
 
