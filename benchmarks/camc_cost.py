@@ -2,18 +2,21 @@
 
 For ResNet-32 at 32x32 (K=100, CIFAR-100-LT) and ResNet-50 at 224x224 (K=1000, ImageNet-LT),
 batch 32, fp32. Both heads sit on the same backbone; timed training steps (forward, loss,
-backward, SGD step) alternate between the two heads after a warm-up, and the ratio is the median
-of the per-round ratios, with a bootstrap 95% interval: on a shared CPU one step's time moves by
-10% or more, so the interval says what the rounds can resolve. Each step's minor page faults are
+backward, SGD step) alternate between the two heads after a warm-up. Two ratios, each with a
+bootstrap 95% interval over the rounds: the median of the per-round ratios, and total CAMC time
+over total normalized time; on a shared CPU one step's time moves by 10% or more, so the
+intervals say what the rounds can resolve. Each step's minor page faults are
 counted too: large activations come fresh from the OS each step under glibc malloc, and that cost
 depends on the allocator, not on the head. The table keeps one row per backbone and allocator.
 Writes benchmarks/results/camc_cost.json and .md.
 
-    python benchmarks/camc_cost.py                 # about 5 minutes on one CPU thread
-    python benchmarks/camc_cost.py --rounds 2 6    # fewer timed rounds (ResNet-50, ResNet-32)
+    python benchmarks/camc_cost.py                 # about 10 minutes on one CPU thread
+    python benchmarks/camc_cost.py --rounds 4 6    # fewer rounds (ResNet-50, ResNet-32), wider CIs
     python benchmarks/camc_cost.py --device cuda   # on a GPU (the table names the card)
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1 \
-        python benchmarks/camc_cost.py             # the same under jemalloc (a row of its own)
+    python benchmarks/camc_cost.py --render-only   # the tables again from the saved results
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+    MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+        python benchmarks/camc_cost.py             # the same under jemalloc (rows of its own)
 """
 
 from __future__ import annotations
@@ -324,7 +327,7 @@ def merge_rows(old: dict, new_rows: list[dict], where: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rounds", type=int, nargs=2, default=(2, 10), help="timed rounds: ResNet-50, ResNet-32"
+        "--rounds", type=int, nargs=2, default=(24, 16), help="timed rounds: ResNet-50, ResNet-32"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(

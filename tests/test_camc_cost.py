@@ -64,3 +64,15 @@ def test_a_run_replaces_its_own_allocator_rows_and_keeps_the_others_of_the_same_
     ]
     assert camc_cost.merge_rows(old, new, "NVIDIA H200") == new  # another machine: a new table
     assert camc_cost.merge_rows({}, new, "Xeon (1 threads)") == new
+
+
+def test_the_fault_cost_is_the_slope_of_step_time_on_faults_and_vanishes_without_faults():
+    per_fault = 5e-6
+    faults = {"normalized": [100_000, 200_000, 150_000], "camc": [300_000, 250_000, 350_000]}
+    step_s = {h: [1.0 + per_fault * f for f in faults[h]] for h in faults}
+    slope, share = camc_cost.fault_cost({"faults_per_step": faults, "step_s": step_s})
+    assert slope == pytest.approx(per_fault)
+    assert share == pytest.approx(per_fault * 150_000 / (1.0 + per_fault * 150_000))
+    quiet = {"normalized": [0, 0, 40], "camc": [0, 0, 0]}  # a caching allocator: stray faults
+    assert camc_cost.fault_cost({"faults_per_step": quiet, "step_s": step_s}) is None
+    assert camc_cost.fault_cost({"step_s": step_s}) is None  # rows from before faults were counted
