@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from table import RESULTS, ROOT, machine, publish
+from table import RESULTS, ROOT, allocator, machine, publish
 
 from camlt.checkpoint import read_jsonl
 
@@ -90,7 +90,7 @@ def render(result: dict) -> str:
     for name, runs in result["runs"].items():
         rate = statistics.median(runs["images_per_s"])
         lines.append(
-            f"| {result['settings'].get(name) or name} | {rate:.0f} | "
+            f"| {allocator(result['envs'][name])} | {rate:.0f} | "
             f"{', '.join(f'{r:.0f}' for r in runs['images_per_s'])} | {rate / base:.2f}x | "
             f"{statistics.median(runs['minor_faults']):,.0f} | "
             f"{statistics.median(runs['sys_s']):.1f} |"
@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.render_only:
-        result = json.loads((RESULTS / "allocator_speed.json").read_text())
+        saved = RESULTS / "allocator_speed.json"
+        if not saved.is_file():
+            sys.exit(f"{saved}: no saved results to render; run without --render-only first")
+        result = json.loads(saved.read_text())
         publish("allocator_speed", result, render(result))
         return
     envs = allocator_envs()
@@ -127,13 +130,12 @@ def main(argv: list[str] | None = None) -> None:
                 precisions.add(out.pop("precision"))
                 for key, value in out.items():
                     runs[name][key].append(value)
-    settings = {n: f"{n} ({e['MALLOC_CONF']})" for n, e in envs.items() if "MALLOC_CONF" in e}
     result = {
         "machine": machine(),
         "precision": "/".join(sorted(precisions)),
         "epochs": args.epochs,
         "rounds": args.rounds,
-        "settings": settings,
+        "envs": envs,
         "runs": runs,
     }
     text = render(result)

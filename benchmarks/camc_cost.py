@@ -10,7 +10,7 @@ counted too: large activations come fresh from the OS each step under glibc mall
 depends on the allocator, not on the head. The table keeps one row per backbone and allocator.
 Writes benchmarks/results/camc_cost.json and .md.
 
-    python benchmarks/camc_cost.py                 # about 10 minutes on one CPU thread
+    python benchmarks/camc_cost.py                 # about 12 minutes on one CPU thread
     python benchmarks/camc_cost.py --rounds 4 6    # fewer rounds (ResNet-50, ResNet-32), wider CIs
     python benchmarks/camc_cost.py --device cuda   # on a GPU (the table names the card)
     python benchmarks/camc_cost.py --render-only   # the tables again from the saved results
@@ -27,13 +27,14 @@ import os
 import random
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
-from table import RESULTS, machine, publish
+from table import RESULTS, allocator, machine, publish
 from torch.utils.flop_counter import FlopCounterMode
 
 from camlt.heads import CAMCHead, NormalizedHead
@@ -79,16 +80,6 @@ def sync(device: torch.device) -> None:
 def minor_faults() -> int:
     """Pages this process has faulted in so far (each one zeroed by the kernel)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def allocator() -> str:
-    """The malloc serving tensor memory: a preloaded jemalloc/tcmalloc, else glibc's."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc"):
-        if name in preload:
-            conf = os.environ.get("MALLOC_CONF", "")
-            return f"{name} ({conf})" if conf else name
-    return "glibc"
 
 
 def bootstrap_ci(
@@ -208,7 +199,7 @@ def measure(setting: Setting, device: torch.device) -> dict:
         "total_time_ratio_ci95": bootstrap_ci(rounds, total_ratio),
         "step_s": times,
         "faults_per_step": faults,
-        "allocator": allocator(),
+        "allocator": allocator(os.environ),
         "head_s_normalized": head_s["normalized"],
         "head_s_camc": head_s["camc"],
         "step_time_ratio_from_head": 1 + (head_s["camc"] - head_s["normalized"]) / step_norm,
@@ -339,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = RESULTS / "camc_cost.json"
     if args.render_only:
+        if not out.is_file():
+            sys.exit(f"{out}: no saved results to render; run without --render-only first")
         saved = json.loads(out.read_text())
         _publish(saved["rows"], saved["machine"])
         return

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +73,17 @@ def machine(device: str = "auto", threads: int = 0) -> str:
         platform.processor() or "CPU",
     )
     return f"{cpu} ({threads or torch.get_num_threads()} threads)"
+
+
+def allocator(env: Mapping[str, str]) -> str:
+    """The malloc a process with this environment uses: a preloaded jemalloc or tcmalloc (with
+    its MALLOC_CONF), else glibc's. Timings on a CPU depend on it (page faults)."""
+    preload = env.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            conf = env.get("MALLOC_CONF", "") if name == "jemalloc" else ""
+            return f"{name} ({conf})" if conf else name
+    return "glibc"
 
 
 def load(path: Path) -> dict:

@@ -28,7 +28,10 @@ def test_the_table_gives_each_allocator_its_median_and_its_ratio_to_glibc():
         "precision": "bf16",
         "epochs": 1,
         "rounds": 3,
-        "settings": {"jemalloc": "jemalloc (dirty_decay_ms:-1)"},
+        "envs": {
+            "glibc": {},
+            "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": "dirty_decay_ms:-1"},
+        },
         "runs": {"glibc": runs([400, 500, 450]), "jemalloc": runs([495, 520, 900])},
     }
     text = allocator_speed.render(result)

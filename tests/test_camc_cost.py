@@ -38,10 +38,8 @@ def test_one_slow_round_moves_the_total_but_not_the_median():
         ("/usr/lib/libtcmalloc_minimal.so.4", "", "tcmalloc"),
     ],
 )
-def test_the_allocator_is_read_from_the_preload(monkeypatch, preload, conf, expected):
-    monkeypatch.setenv("LD_PRELOAD", preload)
-    monkeypatch.setenv("MALLOC_CONF", conf)
-    assert camc_cost.allocator() == expected
+def test_the_allocator_is_read_from_the_preload(preload, conf, expected):
+    assert camc_cost.allocator({"LD_PRELOAD": preload, "MALLOC_CONF": conf}) == expected
 
 
 def _row(backbone: str, allocator: str | None, ratio: float) -> dict:
