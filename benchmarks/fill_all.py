@@ -27,6 +27,7 @@ import ablation
 import baselines
 import foundation_table
 import full_recipe
+import recipes
 import table
 from table import Row
 
@@ -38,12 +39,14 @@ TABLES = {
     "ablation": ablation.ROWS,
     "baselines": baselines.ROWS,
     "full_recipe": full_recipe.ROWS,
+    "recipes": recipes.ROWS,
 }
 SCRIPTS = {
     "foundation": "foundation_table.py",
     "ablation": "ablation.py",
     "baselines": "baselines.py",
     "full_recipe": "full_recipe.py",
+    "recipes": "recipes.py",
 }
 # What decides the issues' open questions comes first; long runs early, so they can finish. The
 # 200-epoch runs beyond the recipe's default come last: each costs as much as 6 rows of 30 epochs.
@@ -64,6 +67,7 @@ FIRST = [
     "standard: CE + normalized s=16",
     *(f"standard: {name}" for name in ablation.BEST_CAMC),
     *FULL[1:3],
+    *recipes.FIRST,
 ]
 
 

@@ -6,6 +6,7 @@ import torch
 
 from camlt import engine
 from camlt.checkpoint import CheckpointError, load_checkpoint, read_jsonl
+from camlt.config import ConfigError
 from camlt.heads import NormalizedClassifier
 
 
@@ -79,9 +80,15 @@ def test_existing_run_is_not_overwritten_and_resume_checks_the_config(tiny_cfg, 
 
 def test_nan_loss_stops_with_epoch_and_step(tiny_cfg, tmp_path):
     with pytest.raises(
-        engine.TrainingDiverged, match=r"epoch 1, step 2: loss is nan; no checkpoint"
+        engine.TrainingDiverged, match=r"epoch 1, step \d+: loss is (nan|inf); no checkpoint"
     ):
-        engine.train(tiny_cfg("train.lr=nan"), tmp_path / "run")
+        engine.train(tiny_cfg("train.lr=1e30"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan"])
+def test_non_finite_numbers_are_refused_before_training(tiny_cfg, value):
+    with pytest.raises(ConfigError, match=r"train.lr=(nan|inf|-inf): must be a finite number"):
+        tiny_cfg(f"train.lr={value}")
 
 
 def test_lr_schedule_warmup_then_steps(tiny_cfg):

@@ -201,9 +201,10 @@ def test_off_and_no_stay_words_where_a_choice_is_expected(tmp_path):
     """YAML 1.1 reads ``off`` as False; ``train.amp=off`` must mean the choice "off"."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train:\n  amp: off\n  deterministic: no\n", encoding="utf-8")
-    cfg = load_config(recipe, ["data.augment=off", "train.progress=false"])
+    cfg = load_config(recipe, ["data.balanced=off", "data.augment=off", "train.progress=false"])
     assert cfg.train.amp == "off" and cfg.train.deterministic is False
-    assert cfg.data.augment is False and cfg.train.progress is False
+    assert cfg.data.balanced is False and cfg.train.progress is False
+    assert cfg.data.augment == "none"  # a bool once: off still means no augmentation
     assert load_config(recipe, ["train.amp=bf16"]).train.amp == "bf16"
     assert parse_overrides(["train.amp=off", "a.b=true"]) == {
         "train": {"amp": "off"},

@@ -131,11 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from camlt.data.check import check, format_report
 
-    report = check(args.path, args.image_root, args.decode, args.workers, args.path_map)
+    report = check(
+        args.path,
+        args.image_root,
+        args.decode,
+        args.workers,
+        args.path_map,
+        args.allow_outside_root,
+    )
     print(json.dumps(report, indent=1) if args.json else format_report(report, args.per_class))
-    bad = report["missing"] + report["corrupt"]
+    bad = report["missing"] + report["corrupt"] + report["outside_root"]
     if args.strict and bad:
-        print(f"camlt: error: {bad} missing or undecodable images (--strict)", file=sys.stderr)
+        print(
+            f"camlt: error: {bad} missing, undecodable or outside-the-root images (--strict)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -149,6 +159,11 @@ def add_data_check(data: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", action="store_true", help="also open every image (slower)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode processes")
     p.add_argument("--path-map", default="auto", help="auto | exact | suffix | OLD->NEW")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read paths that climb out of the image root with '..' (refused by default)",
+    )
     p.add_argument("--per-class", action="store_true", help="print every class's count")
     p.add_argument("--strict", action="store_true", help="exit 1 on missing/undecodable images")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -7,6 +7,7 @@ with the key's name and the valid alternatives, before any data is read.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,12 +43,19 @@ class DataConfig:
     path_map: str = (
         "auto"  # auto | exact | suffix | OLD->NEW (split-file prefixes, docs/datasets.md)
     )
+    allow_outside_root: bool = False  # split-file paths with '..' above the image root: refused
     labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
     bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
     val_fraction: float = 0.0  # image_folder / csv: seeded per-class split fractions
     test_fraction: float = 0.2
     subsample: bool = False  # image_folder / csv: cut the training split to profile/imbalance
-    augment: bool = True  # training augmentation (crop + flip); off for exact comparisons
+    # training augmentation, '+'-joined steps (camlt.data.augment): none | crop_flip |
+    # autoaugment | randaugment | trivialaugment | cutout | erasing; true/false mean crop_flip/none
+    augment: str = "crop_flip"
+    randaugment_ops: int = 2  # RandAugment's N
+    randaugment_magnitude: int = 9  # RandAugment's M, 0..30
+    cutout_size: int | None = None  # cutout's square side in pixels; default half the image side
+    erasing_prob: float = 0.5  # random erasing's probability per image
     image_size: int = 224  # file datasets: crop size; evaluation resizes to resize_size first
     resize_size: int = 256
 
@@ -113,6 +121,18 @@ class TrainConfig:
     compile: str = "off"
     deterministic: bool = True
     threads: int = 0  # CPU threads; 0 leaves torch's default
+    # batch mixing (camlt.mixing): none | mixup | cutmix | remix, l ~ Beta(mix_alpha, mix_alpha)
+    mix: str = "none"
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0  # share of batches mixed
+    mix_stop_epoch: int | None = None  # 0-based epoch from which no batch is mixed (None: never)
+    remix_kappa: float = 3.0  # Remix: count ratio from which the label goes to the rarer class
+    remix_tau: float = 0.5  # Remix: mixing factor below which it does
+    # MaxNorm (camlt.regularize): after each step or epoch every class weight vector of a linear
+    # classifier is projected into the ball of radius maxnorm_threshold (None: weight balancing's
+    # rule, min + 0.1 (max - min) of the per-class norms when training starts)
+    maxnorm: str = "off"  # off | step | epoch
+    maxnorm_threshold: float | None = None
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
     progress: bool = True
     tensorboard: bool = False  # log scalars and CAM images to RUN_DIR/tensorboard (camlt.tblog)
@@ -132,7 +152,7 @@ class TrainConfig:
 class Stage2Config:
     """Decoupled stage 2 on a frozen stage-1 backbone (camlt.stage2); needs model.init_from."""
 
-    method: str = "none"  # none | crt | taunorm | lws | posthoc
+    method: str = "none"  # none | crt | taunorm | lws | posthoc | wb
     tau: float = 1.0  # tau-normalisation exponent w_k / ||w_k||^tau (when tau_sweep is empty)
     tau_sweep: list[float] = field(default_factory=list)  # taus tried on the TEST split, reported
 
@@ -193,7 +213,7 @@ def load_yaml(text: str) -> Any:
 def _read_yaml(path: Path) -> dict:
     """Parse a recipe file, naming the file and line on a syntax error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -241,11 +261,12 @@ def merge(base: dict, source: str) -> DictConfig:
     """Validate a nested dict against the schema."""
     schema = OmegaConf.structured(Config)
     try:
-        return OmegaConf.merge(schema, OmegaConf.create(base))
+        merged = OmegaConf.merge(schema, OmegaConf.create(base))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
     except (TypeError, ValueError, RecursionError) as err:  # e.g. a list where a section goes
         raise ConfigError(f"{source}: does not fit the config schema: {err}") from None
+    return normalize(merged)
 
 
 def _resolve(cfg: DictConfig, source: str) -> DictConfig:
@@ -305,12 +326,35 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "data.sampler": ("instance", "class", "sqrt", "progressive"),
     "loss.cb_base": ("ce", "focal"),
-    "stage2.method": ("none", "crt", "taunorm", "lws", "posthoc"),
+    "stage2.method": ("none", "crt", "taunorm", "lws", "posthoc", "wb"),
+    "train.mix": ("none", "mixup", "cutmix", "remix"),
+    "train.maxnorm": ("off", "step", "epoch"),
 }
+_TRUE, _FALSE = ("true", "on", "yes"), ("false", "off", "no")
+
+
+def normalize(cfg: DictConfig) -> DictConfig:
+    """Spell legacy values the current way: ``data.augment`` true/false (a bool before the strong
+    policies) is crop_flip/none, so old recipes and run directories read as they always did."""
+    value = str(cfg.data.augment).strip()
+    if value.lower() in _TRUE:
+        cfg.data.augment = "crop_flip"
+    elif value.lower() in _FALSE:
+        cfg.data.augment = "none"
+    return cfg
+
+
+def _check_finite(cfg: DictConfig) -> None:
+    """NaN and infinity fit a float field's type but no setting means them."""
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value}: must be a finite number")
 
 
 def validate(cfg: DictConfig) -> None:
     """Range and choice checks that a type alone cannot express."""
+    normalize(cfg)
+    _check_finite(cfg)
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -334,6 +378,60 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.camc.mu={cfg.model.camc.mu}: must be in [0, 1)")
     if cfg.train.warmup_epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.warmup_epochs must be >= 0 and train.lr > 0")
+    _validate_recipe_levers(cfg)
+
+
+def _in_range(key: str, value: float, low: float, high: float, closed: bool = True) -> None:
+    ok = low <= value <= high if closed else low < value <= high
+    if ok:
+        return
+    if math.isinf(high):
+        raise ConfigError(f"{key}={value}: must be {'>=' if closed else '>'} {low:g}")
+    interval = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g}]"
+    raise ConfigError(f"{key}={value}: must be in {interval}")
+
+
+# Heads whose class vectors are unit-normalised in the forward: a norm bound changes nothing.
+UNIT_NORM_HEADS = ("normalized", "camc")
+# Stage-2 methods that train no class weight vectors (or none at all).
+NO_CLASS_WEIGHTS_STAGE2 = ("taunorm", "posthoc", "lws")
+
+
+def _validate_recipe_levers(cfg: DictConfig) -> None:
+    """Mixing, strong augmentation and MaxNorm: ranges, and MaxNorm only where it means something."""
+    from camlt.data.augment import parse_augment
+
+    data, train = cfg.data, cfg.train
+    try:
+        parse_augment(data.augment)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _in_range("train.mix_alpha", train.mix_alpha, 0, math.inf, closed=False)
+    _in_range("train.mix_prob", train.mix_prob, 0, 1)
+    _in_range("train.remix_tau", train.remix_tau, 0, 1)
+    _in_range("train.remix_kappa", train.remix_kappa, 1, math.inf)
+    _in_range("data.erasing_prob", data.erasing_prob, 0, 1)
+    _in_range("data.randaugment_magnitude", data.randaugment_magnitude, 0, 30)
+    _in_range("data.randaugment_ops", data.randaugment_ops, 1, 16)
+    if data.cutout_size is not None and data.cutout_size < 1:
+        raise ConfigError(f"data.cutout_size={data.cutout_size}: must be >= 1 pixel (or null)")
+    if train.mix_stop_epoch is not None and train.mix_stop_epoch < 0:
+        raise ConfigError(f"train.mix_stop_epoch={train.mix_stop_epoch}: must be a 0-based epoch")
+    if train.maxnorm == "off":
+        return
+    if train.maxnorm_threshold is not None and train.maxnorm_threshold <= 0:
+        raise ConfigError(f"train.maxnorm_threshold={train.maxnorm_threshold}: must be positive")
+    if cfg.stage2.method in NO_CLASS_WEIGHTS_STAGE2:
+        raise ConfigError(
+            f"train.maxnorm={train.maxnorm} with stage2.method={cfg.stage2.method}: this stage "
+            "trains no class weight vectors; MaxNorm needs a trained linear classifier"
+        )
+    if cfg.model.head in UNIT_NORM_HEADS:
+        raise ConfigError(
+            f"train.maxnorm={train.maxnorm} with model.head={cfg.model.head}: its class vectors "
+            "are normalised to unit length in the forward, so a norm bound changes nothing; use "
+            "model.head=linear, or train.maxnorm=off"
+        )
 
 
 # Stage-2 methods that train nothing: they run for train.epochs=0 (evaluation only).
@@ -360,7 +458,7 @@ def _validate_baselines(cfg: DictConfig) -> None:
     if cfg.model.init_from and stage2.method == "none":
         raise ConfigError(
             "model.init_from is set but stage2.method=none; "
-            "expected one of crt, taunorm, lws, posthoc"
+            "expected one of crt, taunorm, lws, posthoc, wb"
         )
 
 

@@ -38,9 +38,11 @@ from camlt.compat import EVAL_FREE_KEYS, check_fits
 from camlt.config import diff, from_yaml_file, merge, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
-from camlt.losses import build_loss, posthoc_adjust
+from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
+from camlt.mixing import BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
+from camlt.regularize import MaxNorm, build_maxnorm
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
 from camlt.tblog import open_logger
 
@@ -173,6 +175,8 @@ class Run:
     ddp: torch.nn.Module | None = None  # the DDP wrapper that training steps go through
     compiled: torch.nn.Module | None = None  # train.compile: what training steps go through
     label_map: dict | None = None  # class index -> original label (data.labels=remap)
+    mixer: BatchMixer | None = None  # train.mix
+    maxnorm: MaxNorm | None = None  # train.maxnorm
 
     @property
     def train_counts(self) -> list[int]:
@@ -239,7 +243,19 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         ddp=ddp,
         compiled=compile_for_training(ddp or model, cfg.train.compile),
         label_map=data.label_map,
+        mixer=build_mixer(cfg.train, counts),
+        maxnorm=build_maxnorm(model.head, cfg.train.maxnorm, cfg.train.maxnorm_threshold),
     )
+
+
+def build_mixer(cfg: DictConfig, counts: list[int]) -> BatchMixer | None:
+    """The batch mixing of ``train.mix``, or None when off."""
+    if cfg.mix == "none":
+        return None
+    settings = MixSettings(
+        cfg.mix, cfg.mix_alpha, cfg.mix_prob, cfg.mix_stop_epoch, cfg.remix_kappa, cfg.remix_tau
+    )
+    return BatchMixer(settings, counts, cfg.seed)
 
 
 def autocast(run: Run):
@@ -256,10 +272,15 @@ def step_module(run: Run) -> torch.nn.Module:
     return run.model
 
 
-def compute_loss(run: Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The head's loss: the criterion on its logits, plus its weighted auxiliary term if any."""
+def compute_loss(run: Run, images: torch.Tensor, labels: Targets) -> torch.Tensor:
+    """The head's loss: the criterion on its logits, plus its weighted auxiliary term if any.
+
+    With mixed targets the head is given each image's larger-weight label (CAMC's guide and
+    prototypes take one label per image); both losses mix the two labels.
+    """
+    head_labels = labels.major() if isinstance(labels, MixedTargets) else labels
     with autocast(run):
-        out = step_module(run)(images, labels)
+        out = step_module(run)(images, head_labels)
     loss = run.criterion(out.logits, labels)
     if out.aux_logits is not None and out.aux_weight:
         loss = loss + out.aux_weight * run.criterion(out.aux_logits, labels)
@@ -302,7 +323,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     )
     for step, (images, labels) in enumerate(bar):
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
-        loss = compute_loss(run, images, labels)
+        targets = run.mixer(images, labels, epoch, step) if run.mixer else (images, labels)
+        loss = compute_loss(run, *targets)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {_kept(run, epoch)}"
@@ -311,6 +333,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.maxnorm is not None:
+            run.maxnorm.after_step()
         run.scheduler.step()
         total_loss += loss.item() * len(labels)
         seen += len(labels)
@@ -381,6 +405,7 @@ def checkpoint_state(run: Run, epoch: int) -> dict:
         "classes": list(run.train_set.classes),
         "train_counts": run.train_counts,
         "camlt_version": __version__,
+        **({"maxnorm": run.maxnorm.state_dict()} if run.maxnorm is not None else {}),
     }
 
 
@@ -407,6 +432,8 @@ def restore(run: Run, state: dict) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    if run.maxnorm is not None and "maxnorm" in state:
+        run.maxnorm.load_state_dict(state["maxnorm"])
     run.start_epoch = state["epoch"]
 
 
@@ -502,9 +529,13 @@ def fit(run: Run) -> dict:
     history = read_jsonl(run.run_dir / METRICS_FILE)
     best_val = max((r["val"]["overall"] for r in history if "val" in r), default=-1.0)
     tb = open_logger(run, enabled=main)  # TensorBoard when train.tensorboard, else a no-op
+    if run.maxnorm is not None:
+        run.maxnorm.start()  # the rule's threshold, from the weights training starts from
     for epoch in range(run.start_epoch, epochs):
         record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
         record.update(train_one_epoch(run, epoch))
+        if run.maxnorm is not None:
+            run.maxnorm.after_epoch()
         check_finite_weights(run, epoch)
         last = epoch + 1 == epochs
         if last or (epoch + 1) % run.cfg.train.eval_every == 0:

@@ -9,6 +9,7 @@ at an epoch (DRW) are switched by ``set_epoch``, which the engine calls at each 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,31 @@ def posthoc_adjust(logits: torch.Tensor, class_counts: Sequence[int], tau: float
     return logits.float() - tau * log_prior(class_counts).to(logits.device)
 
 
+# ----------------------------------------------------------------------------- targets
+@dataclass
+class MixedTargets:
+    """The labels of a mixed batch (mixup, CutMix, Remix): image i shows ``a[i]`` with label
+    weight ``lam[i]`` and ``b[i]`` with ``1 - lam[i]``.
+
+    Kept as two class indices and a weight rather than a soft label vector, so every loss mixes
+    its own per-sample value and its class weights exactly, and Remix can move a weight per sample.
+    """
+
+    a: torch.Tensor  # (B,) int64
+    b: torch.Tensor  # (B,) int64
+    lam: torch.Tensor  # (B,) float32 in [0, 1]
+
+    def major(self) -> torch.Tensor:
+        """The label with the larger weight: what a head that takes one label per image is given."""
+        return torch.where(self.lam >= 0.5, self.a, self.b)
+
+    def to(self, device: torch.device) -> MixedTargets:
+        return MixedTargets(self.a.to(device), self.b.to(device), self.lam.to(device))
+
+
+Targets = torch.Tensor | MixedTargets
+
+
 # ----------------------------------------------------------------------------- the losses
 class WeightedLoss(nn.Module):
     """A per-sample loss with optional class weights that may switch on at an epoch.
@@ -72,14 +98,28 @@ class WeightedLoss(nn.Module):
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses = self.per_sample(logits.float(), targets)
+    def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """The batch loss; mixed targets mix each image's two losses and two class weights."""
+        if isinstance(targets, MixedTargets):
+            lam = targets.lam.to(logits.device).float()
+            losses = lam * self.per_sample(logits.float(), targets.a) + (1 - lam) * (
+                self.per_sample(logits.float(), targets.b)
+            )
+        else:
+            losses = self.per_sample(logits.float(), targets)
         if self.weight is None:
             return losses.mean()
-        w = self.weight.to(losses.device)[targets]
+        w = self._sample_weights(targets, losses.device)
         if self.mean == "plain":
             return (w * losses).mean()
         return (w * losses).sum() / w.sum()
+
+    def _sample_weights(self, targets: Targets, device: torch.device) -> torch.Tensor:
+        weight = self.weight.to(device)
+        if isinstance(targets, MixedTargets):
+            lam = targets.lam.to(device).float()
+            return lam * weight[targets.a] + (1 - lam) * weight[targets.b]
+        return weight[targets]
 
 
 class CrossEntropy(WeightedLoss):

@@ -11,7 +11,10 @@ changes the classifier, by ``stage2.method``:
 - ``lws``: the stage-1 classifier kept, a learned scale per class multiplies its logits
   (learnable weight scaling);
 - ``posthoc``: no training; the stage-1 model as it is, under this config's test-time settings
-  (e.g. ``loss.posthoc_tau``), so a post-hoc correction needs no second stage-1 run.
+  (e.g. ``loss.posthoc_tau``), so a post-hoc correction needs no second stage-1 run;
+- ``wb``: weight balancing's second stage (Alshammari et al. 2022): the stage-1 classifier kept
+  and fine-tuned, usually with a class-balanced loss, a large weight decay and MaxNorm
+  (configs/stage2_wb.yaml).
 
 The stage-2 checkpoint holds every weight, so evaluating it does not need the stage-1 run.
 """
@@ -32,9 +35,9 @@ from camlt.config import ConfigError, from_yaml_file
 from camlt.heads import HeadOutput, LinearHead
 from camlt.metrics import evaluate_predictions
 
-METHODS = ("crt", "taunorm", "lws", "posthoc")
+METHODS = ("crt", "taunorm", "lws", "posthoc", "wb")
 # Methods whose classifier is the stage-1 classifier (so model.head must match stage 1's).
-KEEP_HEAD = ("taunorm", "lws", "posthoc")
+KEEP_HEAD = ("taunorm", "lws", "posthoc", "wb")
 
 
 class Stage2Error(ValueError):
@@ -152,7 +155,7 @@ def adapt_model(model: nn.Module, cfg: DictConfig, num_classes: int) -> nn.Modul
         model.head = LWSHead(model.head, num_classes)
     elif method == "posthoc":
         model.head = FrozenHead(model.head)
-    elif method != "crt":
+    elif method not in ("crt", "wb"):  # crt: a fresh head; wb: the stage-1 head, trained
         raise ConfigError(
             f"stage2.method='{method}': unknown; expected one of {', '.join(METHODS)}"
         )
@@ -226,7 +229,8 @@ def load_stage1(run) -> None:
     model = run.model
     _load_part(model.backbone.body, state, "backbone.", run_dir)
     if cfg.stage2.method in KEEP_HEAD:
-        _load_part(model.head.base, state, "head.", run_dir)
+        kept = model.head if cfg.stage2.method == "wb" else model.head.base
+        _load_part(kept, state, "head.", run_dir)
     if cfg.stage2.method == "taunorm" and len(cfg.stage2.tau_sweep):
         choose_tau(run)
 

@@ -61,6 +61,7 @@ def check(
     decode: bool = False,
     workers: int = 0,
     path_map: str = "auto",
+    allow_outside_root: bool = False,
 ) -> dict:
     """The report of ``camlt data check`` as a dict (the ``--json`` output)."""
     entries, base = read_any(path)
@@ -97,12 +98,19 @@ def check(
         "corrupt": 0,
         "missing_files": [],
         "corrupt_files": [],
+        "outside_root": 0,
+        "outside_root_files": [],
+        "duplicates": list(entries.meta.get("duplicates", [])),
     }
     if root is None:
         return report
     mode = "exact" if base is not None and not image_root else path_map
-    res = resolve_paths(entries.paths, root, mode)
+    res = resolve_paths(entries.paths, root, mode, allow_outside_root)
     report["path_mapping"] = res.report(entries.source)
+    report["outside_root"] = len(res.outside)
+    report["outside_root_files"] = [
+        f"{entries.source}:{entries.lines[i]}: {entries.paths[i]}" for i in res.outside
+    ]
     report["missing"] = len(res.missing)
     report["missing_files"] = [
         f"{entries.source}:{entries.lines[i]}: {entries.paths[i]}" for i in res.missing
@@ -134,6 +142,9 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
     ]
     if report["absent_labels"]:
         lines.append(f"labels with no image: {report['absent_labels'][:limit]}")
+    if report["duplicates"]:
+        lines.append(f"reached twice through links, counted once: {len(report['duplicates'])}")
+        lines += [f"  {name}" for name in report["duplicates"][:limit]]
     lines.append("images per class -> classes: " + ", ".join(
         f"{row['images']}: {row['classes']}" for row in report["histogram"] if row["classes"]
     ))  # fmt: skip
@@ -144,6 +155,9 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
         lines.append("files not checked (pass --image-root DIR to look for missing files)")
         return "\n".join(lines)
     lines.append(report["path_mapping"])
+    if report["outside_root"]:
+        lines.append(f"outside the image root (refused unless allowed): {report['outside_root']}")
+        lines += [f"  {name}" for name in report["outside_root_files"][:limit]]
     for key in ("missing", "corrupt"):
         names = report[f"{key}_files"]
         word = "undecodable" if key == "corrupt" else key

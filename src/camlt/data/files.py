@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from camlt.data.augment import AugmentSettings, policy_transforms
 from camlt.data.sources import DataError
 from camlt.data.tensors import Sampler
 
@@ -28,15 +29,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_transform(train: bool, size: int = 224, resize: int = 256) -> v2.Compose:
-    """Random-resized crop + flip for training; resize + centre crop for evaluation (uint8 out)."""
+def imagenet_transform(
+    augment: AugmentSettings | bool, size: int = 224, resize: int = 256
+) -> v2.Compose:
+    """Training: random-resized crop + flip (``crop_flip``), then the strong policies named;
+    with no augmentation (and for evaluation) resize + centre crop. uint8 tensors out."""
     from torchvision.transforms import v2  # imported here: torchvision takes seconds to import
 
-    if train:
+    if isinstance(augment, bool):
+        augment = AugmentSettings(("crop_flip",) if augment else ())
+    if augment.crop_flip:
         steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([*steps, v2.PILToTensor()])
+    return v2.Compose([*steps, v2.PILToTensor(), *policy_transforms(augment, size)])
 
 
 def decode(path: str) -> Image.Image:

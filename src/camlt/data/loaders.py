@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from camlt.data.augment import AugmentSettings, batch_policy
 from camlt.data.files import FileImageSet, FileLoader, LoaderOptions, imagenet_transform
 from camlt.data.owndata import (
+    duplicate_report,
     longtail_subsample,
     read_csv_list,
     read_image_folder,
@@ -143,8 +145,12 @@ def build_loaders(
             for data in (sets.train, sets.val, sets.test):
                 if data is not None:
                     data.to(device)
-        pad = 4 if cfg.data.augment else 0
-        train = BatchLoader(sets.train, batch, True, cfg.train.seed, pad, train_sampler, shard, cl)
+        augment = AugmentSettings.from_config(cfg.data)
+        pad = 4 if augment.crop_flip else 0
+        policy = batch_policy(augment, int(sets.train.images.shape[-1]))
+        train = BatchLoader(
+            sets.train, batch, True, cfg.train.seed, pad, train_sampler, shard, cl, policy
+        )
 
         def make_eval(data: TensorImageSet) -> BatchLoader:
             return BatchLoader(data, eval_batch, False, shard=shard, channels_last=cl)
@@ -192,14 +198,16 @@ def _data_path(cfg: DictConfig, name: str | None) -> Path | None:
     return path
 
 
-def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path]:
-    """The raw splits of a file dataset and the directory its paths are relative to."""
+def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path, list[str]]:
+    """The raw splits of a file dataset, the directory its paths are relative to, and notes."""
     data = cfg.data
     if data.name in OWN_DATA:
+        notes: list[str] = []
         if data.name == "image_folder":
             if not data.root:
                 raise DataError("data.name=image_folder needs data.root=<folder of class folders>")
             whole, base = read_image_folder(data.root), Path(data.root)
+            notes = [n for n in [duplicate_report(whole)] if n]
         else:
             if not data.csv_file:
                 raise DataError("data.name=csv needs data.csv_file=<file of path,label rows>")
@@ -216,7 +224,7 @@ def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path]:
             "val": whole.subset(val) if len(val) else None,
             "test": whole.subset(test),
         }
-        return lists, base
+        return lists, base, notes
     bench = FILE_BENCHMARKS[data.name]
     names = {
         "train": data.train_file or bench.train,
@@ -238,7 +246,7 @@ def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path]:
     if not root:
         raise DataError(f"data.name={data.name} needs data.image_root (or data.root)")
     lists = {k: read_split_file(_data_path(cfg, v)) if v else None for k, v in names.items()}
-    return lists, Path(root)
+    return lists, Path(root), []
 
 
 def _file_splits(
@@ -246,14 +254,21 @@ def _file_splits(
 ) -> tuple[dict[str, SplitList | None], list[str], dict[int, int] | None, list[str]]:
     """Resolved, label-checked splits, the class names, the label table and the reports."""
     data = cfg.data
-    lists, base = _read_lists(cfg)
-    reports = []
+    lists, base, reports = _read_lists(cfg)
     mode = "exact" if data.name in OWN_DATA and not data.image_root else data.path_map
     for name, split in lists.items():
         if split is None:
             continue
-        res = resolve_paths(split.paths, base, mode)
+        res = resolve_paths(split.paths, base, mode, data.allow_outside_root)
         reports.append(res.report(f"{name} split ({split.source})"))
+        if res.outside and not data.allow_outside_root:
+            shown = ", ".join(
+                f"{split.source}:{split.lines[i]} {split.paths[i]}" for i in res.outside[:5]
+            )
+            raise DataError(
+                f"{len(res.outside)} paths of the {name} split climb out of the image root "
+                f"{base} with '..': {shown}; set data.allow_outside_root=true if they are meant"
+            )
         if res.missing:
             shown = ", ".join(
                 f"{split.source}:{split.lines[i]} {split.paths[i]}" for i in res.missing[:10]
@@ -314,7 +329,7 @@ def _class_names(train: SplitList, originals: list[int] | None) -> list[str]:
 
 
 def _file_set(cfg: DictConfig, split: SplitList, classes: list[str], train: bool) -> FileImageSet:
-    augment = train and cfg.data.augment
+    augment = AugmentSettings.from_config(cfg.data) if train else AugmentSettings(())
     return FileImageSet(
         split.paths,
         torch.from_numpy(split.labels.astype(np.int64)),

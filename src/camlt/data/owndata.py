@@ -25,34 +25,80 @@ def is_image_name(name: str) -> bool:
 
 
 def read_image_folder(root: str | Path) -> SplitList:
-    """Every image under ``root/<class>/...``; classes are the sorted folder names."""
+    """Every image under ``root/<class>/...``; classes are the sorted folder names.
+
+    Links are followed, but each real file counts once and each real folder is entered once: a
+    link back up the tree cannot loop, and a link into another class's folder cannot put one
+    image under two labels (or, after the split, into train and test at once). A file that lies
+    in a class folder itself keeps that class; a file reached only through links goes to the
+    first class (sorted) that links to it. Every later sighting is listed in
+    ``meta["duplicates"]``, which training and ``camlt data check`` report.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} is not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class folders (expected {root}/<class name>/<image>)")
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        for dirpath, _dirs, files in os.walk(root / name, followlinks=True):
-            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            for file in sorted(files):
-                if is_image_name(file):
-                    paths.append(f"{rel}/{file}")
-                    labels.append(label)
+    kept: dict[str, tuple[str, int]] = {}  # real path -> (relative path, label)
+    duplicates: list[str] = []
+    for links in (False, True):  # the files that lie in each folder first, then linked ones
+        seen_dirs: set[str] = set()
+        for label, name in enumerate(classes):
+            for rel, real in _image_files(root, name, links, seen_dirs):
+                if real not in kept:
+                    kept[real] = (rel, label)
+                elif links and kept[real][0] != rel:
+                    duplicates.append(f"{rel} (the same file as {kept[real][0]})")
+    entries = sorted(kept.values(), key=lambda e: (e[1], e[0]))
+    paths = [rel for rel, _ in entries]
+    labels = [label for _, label in entries]
     empty = sorted(set(classes) - {classes[i] for i in set(labels)})
     if empty:
         raise DataError(f"{root}: class folders without any image: {', '.join(empty[:10])}")
     lines = np.arange(1, len(paths) + 1)
-    return SplitList(str(root), paths, np.asarray(labels, dtype=np.int64), lines, classes)
+    found = SplitList(str(root), paths, np.asarray(labels, dtype=np.int64), lines, classes)
+    found.meta["duplicates"] = duplicates
+    return found
+
+
+def _image_files(root: Path, name: str, links: bool, seen_dirs: set[str]):
+    """(relative path, real path) of the images under ``root/name``: without links, the plain
+    files alone; with links, every file, entering each real folder once."""
+    for dirpath, dirs, files in os.walk(root / name, followlinks=links):
+        dirs.sort()
+        if links:
+            real_dir = os.path.realpath(dirpath)
+            if real_dir in seen_dirs:
+                dirs[:] = []  # a cycle, or a folder two links lead to
+                continue
+            seen_dirs.add(real_dir)
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        for file in sorted(files):
+            full = os.path.join(dirpath, file)
+            if is_image_name(file) and (links or not os.path.islink(full)):
+                yield f"{rel}/{file}", os.path.realpath(full)
+
+
+def duplicate_report(found: SplitList) -> str | None:
+    """One line naming the files reached twice (through links) and counted once, if any."""
+    duplicates = found.meta.get("duplicates", [])
+    if not duplicates:
+        return None
+    shown = "; ".join(duplicates[:5]) + (
+        f"; and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+    )
+    return (
+        f"{found.source}: {len(duplicates)} image(s) reached a second time through links were "
+        f"counted once, where first found: {shown}"
+    )
 
 
 def read_csv_list(path: str | Path) -> SplitList:
     """Rows ``path,label`` (a header row is recognised); labels are integers or class names."""
     path = Path(path).expanduser()
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except FileNotFoundError:
         raise DataError(f"CSV file not found: {path}") from None

@@ -32,6 +32,8 @@ class Resolution:
     example: tuple[str, str] | None = None  # one (split-file path, path on disk) pair that differ
     ambiguous: int = 0  # entries whose tail matched several files
     missing: list[int] = field(default_factory=list)  # positions of entries not found
+    outside: list[int] = field(default_factory=list)  # positions of entries leaving the root
+    allowed_outside: bool = False  # whether those were resolved (data.allow_outside_root)
 
     @property
     def resolved(self) -> int:
@@ -48,14 +50,52 @@ class Resolution:
         text += ")"
         if self.ambiguous:
             text += f"; {self.ambiguous} paths matched several files and were not guessed"
+        if self.outside:
+            verdict = (
+                "read there (data.allow_outside_root=true)" if self.allowed_outside else "refused"
+            )
+            text += (
+                f"; {len(self.outside)} paths climb out of {self.root} with '..' and were {verdict}"
+            )
         return text
 
 
-def resolve_paths(paths: list[str], root: str | Path, mode: str = "auto") -> Resolution:
-    """Resolve split-file paths against ``root`` by ``mode``: auto | exact | suffix | OLD->NEW."""
+def leaves_root(path: str) -> bool:
+    """Whether a split-file path, joined to the image root, names a place outside it: ``..``
+    that climbs above the root. Decided on the text, so a link inside the root stays allowed."""
+    normal = os.path.normpath(path.replace("\\", "/").lstrip("/"))
+    return normal == ".." or normal.startswith("../")
+
+
+def resolve_paths(
+    paths: list[str], root: str | Path, mode: str = "auto", allow_outside: bool = False
+) -> Resolution:
+    """Resolve split-file paths against ``root`` by ``mode``: auto | exact | suffix | OLD->NEW.
+
+    A path that climbs out of the root (``../x.jpg``) is refused (left unresolved and listed in
+    ``outside``) unless ``allow_outside``: a split file must not read images from elsewhere
+    while its report says they were found under the root.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"image root {root} is not a directory (data.image_root)")
+    outside = [i for i, p in enumerate(paths) if leaves_root(p)]
+    if outside and not allow_outside:
+        blocked = set(outside)
+        inside = [p for i, p in enumerate(paths) if i not in blocked]
+        res = resolve_paths(inside, root, mode)
+        files = iter(res.files)
+        res.files = [None if i in blocked else next(files) for i in range(len(paths))]
+        keep = [i for i in range(len(paths)) if i not in blocked]
+        res.missing = [keep[j] for j in res.missing]
+        res.outside = outside
+        return res
+    res = _resolve_inside(paths, root, mode)
+    res.outside, res.allowed_outside = outside, bool(outside)
+    return res
+
+
+def _resolve_inside(paths: list[str], root: Path, mode: str) -> Resolution:
     if "->" in mode:
         old, new = mode.split("->", 1)
         rewritten = [new + p[len(old) :] if p.startswith(old) else p for p in paths]

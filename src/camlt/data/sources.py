@@ -94,11 +94,13 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def fmnist_search_dirs(root: str | None) -> list[Path]:
-    """Where Fashion-MNIST may lie: data.root (flat or torchvision layout), then the Debian package."""
-    dirs = []
+    """Where Fashion-MNIST may lie: data.root (flat or torchvision layout) alone when it is given
+    (a root the user names is used or refused, never passed over for another copy); else
+    $CAMLT_DATA, the Debian package and ./data."""
     if root:
         base = Path(root).expanduser()
-        dirs += [base, base / "FashionMNIST" / "raw", base / "fashion-mnist"]
+        return [base, base / "FashionMNIST" / "raw", base / "fashion-mnist"]
+    dirs = []
     env = os.environ.get("CAMLT_DATA")
     if env:
         dirs += [Path(env), Path(env) / "FashionMNIST" / "raw"]
@@ -121,6 +123,8 @@ def load_fmnist(root: str | None, download: bool = False) -> dict[str, ArraySpli
             return {split: _idx_split(*pair) for split, pair in paths.items()}
     if download:
         return _download_fmnist(root or "data")
+    if root:
+        raise DataError(_missing_under_root(root, fmnist_search_dirs(root)))
     looked = "\n  ".join(str(d) for d in fmnist_search_dirs(root))
     raise DataError(
         "Fashion-MNIST not found. Looked for the four IDX files in:\n  " + looked + "\n"
@@ -129,6 +133,22 @@ def load_fmnist(root: str | None, download: bool = False) -> dict[str, ArraySpli
         f"{FMNIST_SYSTEM_DIR})\n"
         "  - torchvision download (needs internet): add data.download=true\n"
         "  - copy the four .gz files into a folder and pass data.root=FOLDER"
+    )
+
+
+def _missing_under_root(root: str, layouts: list[Path]) -> str:
+    """What data.root lacks: the Fashion-MNIST files missing in the layout closest to complete."""
+    names = [f for files in FMNIST_FILES.values() for f in files]
+
+    def missing(directory: Path) -> list[str]:
+        return [n for n in names if _find_idx(directory, n) is None]
+
+    best = min(layouts, key=lambda d: len(missing(d)))
+    return (
+        f"data.root={root}: Fashion-MNIST is not there: {best} lacks "
+        f"{', '.join(missing(best))} (of the four IDX files {', '.join(names)}; also looked in "
+        f"{', '.join(str(d) for d in layouts if d != best)}). Fix data.root, or leave it unset "
+        "to use the system's copy"
     )
 
 
@@ -250,10 +270,11 @@ def load_cifar(
 ) -> tuple[dict[str, ArraySplit], list[str]]:
     """CIFAR-10 or CIFAR-100 train and test splits and class names."""
     folder, train_names, test_names, meta_name, label_key, names_key = _CIFAR_LAYOUT[num_classes]
-    bases = [Path(root).expanduser()] if root else []
-    if os.environ.get("CAMLT_DATA"):
+    bases = [Path(root).expanduser()] if root else []  # a named root alone: used or refused
+    if not root and os.environ.get("CAMLT_DATA"):
         bases.append(Path(os.environ["CAMLT_DATA"]))
-    bases.append(Path("data"))
+    if not root:
+        bases.append(Path("data"))
     for base in bases:
         directory = base / folder if (base / folder).is_dir() else base
         if (directory / meta_name).is_file() and (directory / train_names[0]).is_file():
@@ -272,6 +293,12 @@ def load_cifar(
         cls(root or "data", train=False, download=True)
         return load_cifar(num_classes, root or "data", download=False)
     looked = ", ".join(str(b / folder) for b in bases)
+    if root:
+        raise DataError(
+            f"data.root={root}: CIFAR-{num_classes} is not there (expected {meta_name} and "
+            f"{', '.join(train_names)} in {Path(root).expanduser() / folder} or {root}). Fix "
+            "data.root, or pass data.download=true where the machine is online"
+        )
     raise DataError(
         f"CIFAR-{num_classes} not found (looked in {looked}). Get it by passing data.root=DIR "
         f"holding '{folder}/' (torchvision's python-version download), or data.download=true "

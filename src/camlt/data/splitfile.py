@@ -44,7 +44,7 @@ def read_split_file(path: str | Path) -> SplitList:
     """Parse ``path label`` lines; blank lines and ``#`` comments are skipped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"split file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -62,7 +62,8 @@ class BatchLoader:
     """Iterates (images, labels) batches of a TensorImageSet: float, normalised, optionally augmented.
 
     The order and the augmentation of epoch e depend only on (seed, e), so a resumed run sees
-    exactly the batches an uninterrupted one would. A sampler (epoch, generator) -> indices
+    exactly the batches an uninterrupted one would; ``policy`` (strong augmentation) draws from
+    the same generator. A sampler (epoch, generator) -> indices
     replaces the plain shuffle (class-aware sampling); ``shard`` = (rank, world) splits every
     epoch's indices across processes.
     """
@@ -77,8 +78,10 @@ class BatchLoader:
         sampler: Sampler | None = None,
         shard: tuple[int, int] = (0, 1),
         channels_last: bool = False,
+        policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         self.data, self.batch_size, self.train = data, batch_size, train
+        self.policy = policy  # strong augmentation of a uint8 batch (camlt.data.augment)
         self.seed, self.pad, self.sampler, self.shard = seed, pad, sampler, shard
         self.channels_last = channels_last
         self.epoch = 0
@@ -124,4 +127,6 @@ class BatchLoader:
             images = self.data.images[sel]
             if self.train and self.pad > 0:
                 images = random_crop_flip(images, self.pad, generator)
+            if self.train and self.policy is not None:
+                images = self.policy(images, generator)
             yield self.normalise(images), self.data.labels[sel]

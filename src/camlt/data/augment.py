@@ -1,0 +1,121 @@
+"""Training augmentation by name (``data.augment``): crop + flip and the strong policies.
+
+``data.augment`` is a ``+``-separated list applied in order, e.g. ``crop_flip+autoaugment+cutout``:
+
+- ``crop_flip``: pad-4 random crop + horizontal flip for in-memory sets, random-resized crop +
+  flip for image files (the default);
+- ``autoaugment``: AutoAugment's CIFAR-10 policy; ``randaugment``: RandAugment with
+  ``data.randaugment_ops`` ops of magnitude ``data.randaugment_magnitude``; ``trivialaugment``:
+  TrivialAugmentWide;
+- ``cutout``: one square of side ``data.cutout_size`` (default half the image side) set to 0,
+  wholly inside the image; ``erasing``: random erasing (probability ``data.erasing_prob``);
+- ``none``: no augmentation.
+
+The strong policies are torchvision.transforms.v2's (a dependency already, the reference
+implementations of these policies, uint8 tensors in and out), run per image so every image of a
+batch draws its own parameters. kornia.augmentation would run them batched, which pays on a GPU;
+on a CPU the per-image loop costs a few percent of a ResNet-32 step (benchmarks/train_speed.py),
+and it would be one more dependency. The draws of a batch are seeded from the loader's generator,
+itself a function of (seed, epoch), so a resumed run augments bit-identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BASIC = "crop_flip"
+STRONG = ("autoaugment", "randaugment", "trivialaugment", "cutout", "erasing")
+AUGMENTS = ("none", BASIC, *STRONG)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The parsed ``data.augment`` with the parameters of its policies."""
+
+    steps: tuple[str, ...]
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    cutout_size: int | None = None
+    erasing_prob: float = 0.5
+
+    @classmethod
+    def from_config(cls, data: Any) -> AugmentSettings:
+        """The settings of a config's ``data`` section."""
+        return cls(
+            parse_augment(data.augment),
+            data.randaugment_ops,
+            data.randaugment_magnitude,
+            data.cutout_size,
+            data.erasing_prob,
+        )
+
+    @property
+    def crop_flip(self) -> bool:
+        return BASIC in self.steps
+
+    @property
+    def strong(self) -> tuple[str, ...]:
+        return tuple(s for s in self.steps if s in STRONG)
+
+
+def parse_augment(value: str) -> tuple[str, ...]:
+    """The steps of a ``data.augment`` value; an unknown step lists the valid ones."""
+    steps = tuple(s.strip() for s in str(value).split("+"))
+    unknown = [s for s in steps if s not in AUGMENTS]
+    if unknown:
+        raise ValueError(
+            f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
+            f"from {', '.join(AUGMENTS)} (e.g. crop_flip+autoaugment+cutout)"
+        )
+    if "none" in steps and len(steps) > 1:
+        raise ValueError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"data.augment={value!r}: a step is named twice")
+    return () if steps == ("none",) else steps
+
+
+def policy_transforms(settings: AugmentSettings, image_side: int) -> list[Callable]:
+    """The torchvision v2 transforms of the strong steps, in the order named."""
+    from torchvision.transforms import v2  # imported here: torchvision takes seconds to import
+
+    out: list[Callable] = []
+    for step in settings.strong:
+        if step == "autoaugment":
+            out.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+        elif step == "randaugment":
+            out.append(v2.RandAugment(settings.randaugment_ops, settings.randaugment_magnitude))
+        elif step == "trivialaugment":
+            out.append(v2.TrivialAugmentWide())
+        elif step == "cutout":
+            side = settings.cutout_size or max(1, image_side // 2)
+            share = min(1.0, side * side / (image_side * image_side))
+            out.append(v2.RandomErasing(p=1.0, scale=(share, share), ratio=(1.0, 1.0), value=0))
+        else:  # erasing
+            out.append(v2.RandomErasing(p=settings.erasing_prob, value=0))
+    return out
+
+
+class BatchPolicy:
+    """The strong steps applied to a uint8 batch (B, C, H, W), each image with its own draws."""
+
+    def __init__(self, settings: AugmentSettings, image_side: int) -> None:
+        from torchvision.transforms import v2
+
+        self.transform = v2.Compose(policy_transforms(settings, image_side))
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """v2 transforms draw from the global generator: fork it, seed it from ``generator``,
+        and leave the caller's random state exactly as it was."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([self.transform(image) for image in batch])
+
+
+def batch_policy(settings: AugmentSettings, image_side: int) -> BatchPolicy | None:
+    """The batch policy of the strong steps, or None when there are none."""
+    return BatchPolicy(settings, image_side) if settings.strong else None
