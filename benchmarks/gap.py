@@ -3,7 +3,7 @@
 BENCHMARKS.md measures a method by that share: the ceiling is the same model and epochs trained
 on the full balanced set, so ``(row - CE) / (ceiling - CE)`` is 0% for plain CE and 100% for a
 method that makes the long tail cost nothing. Rows are taken from the kept results of the
-baselines and ablation tables (hard order, 30 epochs), means over their seeds.
+baselines, ablation and recipes tables (hard order, 30 epochs), means over their seeds.
 
     python benchmarks/gap.py            # writes results/gap.json and .md, and the README block
 """
@@ -14,6 +14,7 @@ import statistics
 
 import ablation
 import baselines
+import recipes
 from table import RESULTS, load, publish, rarest
 
 CEILING = "ceiling: balanced, CE + linear"
@@ -41,7 +42,7 @@ def value(entry: dict, col: str, groups: dict[str, list[str]]) -> float:
 
 def hard_order_rows() -> list[str]:
     """Every long-tailed hard-order row of the two tables, in table order, each once."""
-    names = [row.name for row in [*baselines.ROWS, *ablation.ROWS]]
+    names = [row.name for row in [*baselines.ROWS, *ablation.ROWS, *recipes.ROWS]]
     return [
         n for n in dict.fromkeys(names) if n not in (CEILING, CE) and not n.startswith("standard:")
     ]
@@ -119,7 +120,11 @@ def render(gap: dict) -> str:
 
 
 def main() -> None:
-    results = {**load(RESULTS / "ablation.json"), **load(RESULTS / "baselines.json")}
+    results = {
+        **load(RESULTS / "ablation.json"),
+        **load(RESULTS / "baselines.json"),
+        **load(RESULTS / "recipes.json"),
+    }
     gap = compute(results)
     text = render(gap)
     publish("gap", gap, text)

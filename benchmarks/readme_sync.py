@@ -1,4 +1,5 @@
-"""Copy every results file into its README block: `<!-- table:NAME -->` gets results/NAME.md.
+"""Copy every results file into its blocks in the README and docs/: `<!-- table:NAME -->` gets
+results/NAME.md.
 
 python benchmarks/readme_sync.py
 """
@@ -7,11 +8,15 @@ from __future__ import annotations
 
 import re
 
-from table import RESULTS, ROOT, update_readme
+from table import RESULTS, documents, update_readme
 
 
 def main() -> None:
-    names = re.findall(r"<!-- table:([\w.-]+) -->", (ROOT / "README.md").read_text())
+    names = dict.fromkeys(
+        name
+        for page in documents()
+        for name in re.findall(r"<!-- table:([\w.-]+) -->", page.read_text())
+    )
     for name in names:
         path = RESULTS / f"{name}.md"
         text = path.read_text() if path.is_file() else "Not run yet.\n"

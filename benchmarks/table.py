@@ -358,15 +358,20 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
     return text
 
 
+def documents() -> list[Path]:
+    """The pages that may hold results blocks: the README and every guide in docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def update_readme(table: str, text: str) -> None:
-    """Replace the README block between this table's markers, if the README has them."""
-    readme = ROOT / "README.md"
+    """Replace this table's block, between its markers, in every page that has them."""
     start, end = f"<!-- table:{table} -->", f"<!-- /table:{table} -->"
-    content = readme.read_text()
-    if start in content and end in content:
-        head, rest = content.split(start, 1)
-        _, tail = rest.split(end, 1)
-        atomic_write_text(readme, f"{head}{start}\n{text}{end}{tail}")
+    for page in documents():
+        content = page.read_text()
+        if start in content and end in content:
+            head, rest = content.split(start, 1)
+            _, tail = rest.split(end, 1)
+            atomic_write_text(page, f"{head}{start}\n{text}{end}{tail}")
 
 
 def publish(name: str, data: object, text: str) -> None:

@@ -50,7 +50,7 @@ def test_missing_and_corrupt_files_named_counted_and_fatal_on_request(tmp_path, 
     assert "suffix" in report["path_mapping"] and "5/6 images found" in report["path_mapping"]
     args = [str(files["test"]), "--image-root", str(root), "--decode", "--workers", "1"]
     code, out, err = run_cli(capsys, *args, "--strict")
-    assert code == 1 and "3 missing or undecodable" in err
+    assert code == 1 and "3 missing, undecodable or outside-the-root" in err
     assert "undecodable: 2" in out and "ILSVRC2012_val_00000005.JPEG: " in out
 
 

@@ -112,19 +112,21 @@ def test_corrupt_and_empty_images_fatal_or_skipped(tmp_path, capsys):
     files = imagenet_lt(root, val_foldered=False)
     (root / "train/n01440764/n01440764_0.JPEG").write_bytes(b"")
     (root / "train/n01440764/n01440764_1.JPEG").write_bytes(b"not a jpeg at all")
-    cfg = split_cfg(tmp_path, root, files, "train.batch_size=7")
-    with pytest.raises(DataError, match=r"n01440764_[01]\.JPEG: cannot decode image"):
+    damaged = root / "train/n01443537/n01443537_0.JPEG"  # a good header, a cut-off body
+    damaged.write_bytes(damaged.read_bytes()[:-300])
+    cfg = split_cfg(tmp_path, root, files, "train.batch_size=6")
+    with pytest.raises(DataError, match=r"n014(40764_[01]|43537_0)\.JPEG: cannot decode image"):
         list(build_loaders(cfg).train)
     loaders = build_loaders(
-        split_cfg(tmp_path, root, files, "train.batch_size=7", "data.bad_images=skip")
+        split_cfg(tmp_path, root, files, "train.batch_size=6", "data.bad_images=skip")
     )
+    # the two whose header does not open are left out before the classes are counted
+    assert loaders.train_counts == [10, 6, 3]
+    assert "left out 2 unreadable images before counting classes" in capsys.readouterr().err
     seen = sum(len(y) for y in (b[1] for b in loaders.train))
-    assert seen == 21 - 2  # every image drawn (3 batches of 7) but the two bad ones
-    assert loaders.train.bad_files == {
-        str(root / "train/n01440764/n01440764_0.JPEG"),
-        str(root / "train/n01440764/n01440764_1.JPEG"),
-    }
-    assert capsys.readouterr().err.count("skipped undecodable image") == 2
+    assert seen == 18 - 1  # 3 batches of 6, less the one that fails only when decoded
+    assert loaders.train.bad_files == {str(damaged)}
+    assert capsys.readouterr().err.count("skipped undecodable image") == 1
 
 
 def test_label_checks_and_remap_table(tmp_path):

@@ -58,13 +58,15 @@ def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CAMLT_DATA", raising=False)
     with pytest.raises(DataError) as err:
-        load_fmnist(str(tmp_path / "empty"))
+        load_fmnist(None)  # no data.root: every usual place is searched, and named
     text = str(err.value)
     assert (
-        "empty" in text
+        "nowhere" in text
         and "apt-get install dataset-fashion-mnist" in text
         and "data.download" in text
     )
+    with pytest.raises(DataError, match=r"data.root=.*empty: Fashion-MNIST is not there"):
+        load_fmnist(str(tmp_path / "empty"))  # a named root is used or refused
 
 
 @pytest.mark.parametrize("classes", [10, 100])

@@ -14,10 +14,14 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+
+from camlt.config import ConfigError, load_yaml
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -90,15 +94,109 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a loadable camlt checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable camlt checkpoint ({_why(err)})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a camlt checkpoint (no format_version)")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {state['format_version']}, this camlt reads {FORMAT_VERSION}"
+            f"{path}: checkpoint format {state['format_version']!r}, this camlt reads "
+            f"{FORMAT_VERSION}"
         )
+    problems = structure_problems(state)
+    if problems:
+        raise CheckpointError(f"{path}: a damaged camlt checkpoint: " + "; ".join(problems))
     return state
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _why(err: Exception) -> str:
+    """torch.load's reason in our words: never its advice to load with weights_only=False (that
+    would run whatever code the file carries), never its terminal colour codes."""
+    text = _ANSI.sub("", str(err)).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return (
+            "it holds pickled Python objects beyond tensors and plain data, which camlt never "
+            "loads: they could run code"
+        )
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What each entry of a checkpoint must be, when it is there (which entries a use needs, eval or
+# resume, its caller says): checked once on load, so no KeyError or TypeError surfaces later.
+_STRUCTURE: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "epoch": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
+    "config": ("YAML text", lambda v: isinstance(v, str)),
+    "classes": (
+        "a list of class names",
+        lambda v: isinstance(v, list | tuple) and all(isinstance(c, str) for c in v),
+    ),  # fmt: skip
+    "train_counts": (
+        "a list of whole numbers >= 0",
+        lambda v: isinstance(v, list | tuple) and all(_is_int(c) and c >= 0 for c in v),
+    ),  # fmt: skip
+    "model": (
+        "a mapping of names to tensors",
+        lambda v: (
+            isinstance(v, dict)
+            and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+        ),
+    ),  # fmt: skip
+    "optimizer": ("an optimizer state (a mapping)", lambda v: isinstance(v, dict)),
+    "scheduler": ("a scheduler state (a mapping)", lambda v: isinstance(v, dict)),
+    "scaler": ("a grad-scaler state (a mapping)", lambda v: isinstance(v, dict)),
+    "maxnorm": (
+        "a mapping with a numeric threshold",
+        lambda v: isinstance(v, dict) and isinstance(v.get("threshold"), int | float),
+    ),  # fmt: skip
+}
+
+
+def _rng_ok(state: object) -> bool:
+    """The engine's RNG state: torch's ByteTensor, numpy's 624 words + position, python's 625."""
+    if not isinstance(state, dict):
+        return False
+    torch_state, np_state, py_state = state.get("torch"), state.get("numpy"), state.get("python")
+    return (
+        isinstance(torch_state, torch.Tensor)
+        and torch_state.dtype == torch.uint8
+        and isinstance(np_state, list)
+        and len(np_state) == 625
+        and all(_is_int(v) and 0 <= v < 2**32 for v in np_state)
+        and isinstance(py_state, list)
+        and len(py_state) == 625
+        and all(_is_int(v) and 0 <= v < 2**32 for v in py_state[:-1])
+        and isinstance(state.get("cuda", []), list)
+    )
+
+
+def _config_parses(text: str) -> bool:
+    try:
+        return isinstance(load_yaml(text), dict)
+    except (ConfigError, ValueError, TypeError, RecursionError, yaml.YAMLError):
+        return False
+
+
+def structure_problems(state: dict) -> list[str]:
+    """Every entry of a checkpoint whose type or shape is not what camlt writes."""
+    problems = [
+        f"'{key}' is not {what}"
+        for key, (what, ok) in _STRUCTURE.items()
+        if key in state and not ok(state[key])
+    ]
+    if "rng" in state and not _rng_ok(state["rng"]):
+        problems.append("'rng' is not the random state camlt saves (torch, numpy, python)")
+    if isinstance(state.get("config"), str) and not _config_parses(state["config"]):
+        problems.append("'config' is not a YAML mapping of config sections")
+    classes, counts = state.get("classes"), state.get("train_counts")
+    if not problems and classes is not None and counts is not None and len(classes) != len(counts):
+        problems.append(f"{len(classes)} classes but {len(counts)} training counts")
+    return problems
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -50,6 +50,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from camlt.engine import evaluate_checkpoint
     from camlt.metrics import format_table
 
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise FileNotFoundError(
+            f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist"
+        )
     metrics, classes, counts, run_dir = evaluate_checkpoint(args.target)
     print(format_table(metrics, classes, counts))
     out = Path(args.out) if args.out else run_dir / "eval.json"

@@ -6,6 +6,7 @@ Kept apart from ``camlt.cli`` so that the training commands never import matplot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,10 +26,23 @@ def _warn(message: str) -> None:
     print(f"camlt: skipped {message}", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a batch size of 0 or -1 is a typo)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _load(args: argparse.Namespace):
     from camlt.predict import load_trained
 
     loaded = load_trained(args.checkpoint, args.device)
+    if getattr(args, "max_pixels", None):
+        loaded.spec = dataclasses.replace(loaded.spec, max_pixels=args.max_pixels)
     for warning in loaded.warnings:
         print(f"camlt: warning: {warning}", file=sys.stderr)
     return loaded
@@ -93,14 +107,23 @@ def _device_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _max_pixels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        help="refuse images of more pixels, before decoding (default: the run's data.max_pixels)",
+    )
+
+
 def add_inspection_commands(sub) -> None:
     """Register predict, cam and report on the ``camlt`` subcommand parser."""
     p = sub.add_parser("predict", help="top-k classes of image files with a trained model")
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    _max_pixels_option(p)
     _device_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -113,6 +136,7 @@ def add_inspection_commands(sub) -> None:
         action="append",
         help="true class (name or index): once for every image, or once per image in order",
     )
+    _max_pixels_option(p)
     _device_option(p)
     p.set_defaults(func=cmd_cam)
 
@@ -120,6 +144,8 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("run_dir", help="the run directory to report on")
     p.add_argument("--baseline", help="a second run directory to compare against")
     p.add_argument("--out", help="output directory (default RUN_DIR/report)")
-    p.add_argument("--cam-images", type=int, default=8, help="tail-class test images in the grid")
+    p.add_argument(
+        "--cam-images", type=positive_int, default=8, help="tail-class test images in the grid"
+    )
     _device_option(p)
     p.set_defaults(func=cmd_report)

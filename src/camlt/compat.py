@@ -15,7 +15,7 @@ import yaml
 from omegaconf import DictConfig
 
 from camlt.checkpoint import CheckpointError
-from camlt.config import ConfigError, diff, merge
+from camlt.config import ConfigError, diff, load_yaml, merge
 
 # Keys that cannot change what a trained model computes on the test set: evaluation ignores them
 # (a run moved to another machine points data.root elsewhere; train.* only shaped the training).
@@ -34,7 +34,7 @@ def config_differences(state: dict, cfg: DictConfig, relevant: Callable[[str], b
     if not isinstance(text, str):
         return ["the checkpoint carries no config"]
     try:
-        saved = merge(yaml.safe_load(text) or {}, "checkpoint config")
+        saved = merge(load_yaml(text) or {}, "checkpoint config")
     except (ConfigError, yaml.YAMLError) as err:
         return [f"the checkpoint's config does not fit this camlt ({err})"]
     changed = [d for d in diff(saved, cfg) if relevant(d.split(":", 1)[0])]

@@ -46,6 +46,7 @@ class DataConfig:
     allow_outside_root: bool = False  # split-file paths with '..' above the image root: refused
     labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
     bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
+    max_pixels: int = 50_000_000  # an image claiming more pixels is refused before decoding
     val_fraction: float = 0.0  # image_folder / csv: seeded per-class split fractions
     test_fraction: float = 0.2
     subsample: bool = False  # image_folder / csv: cut the training split to profile/imbalance
@@ -205,9 +206,46 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+# The most nodes a YAML document may stand for once its aliases are expanded. A recipe is a few
+# hundred; a "billion laughs" of nested aliases is 316 bytes that stand for 10^9 and hang OmegaConf.
+MAX_YAML_NODES = 20_000
+
+
 def load_yaml(text: str) -> Any:
-    """Parse YAML text the way recipes and overrides are read."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML text the way recipes, overrides and saved configs are read; refuse a document
+    whose aliases expand beyond MAX_YAML_NODES nodes (counted on the graph, without expanding)."""
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"YAML whose aliases (*name) expand to {size:,} values, above the limit of "
+                f"{MAX_YAML_NODES:,}; write the values out instead of nesting aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias written out (memoised per node, so
+    the count costs the graph's size, not the expansion's). An alias inside its own anchor
+    (``&a [*a]``) stands for an endless value and is refused."""
+    key = id(node)
+    if memo.get(key) == -1:
+        raise ConfigError("YAML with an alias inside its own anchor (&a [*a]): an endless value")
+    if key not in memo:
+        memo[key] = -1  # on the current path
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        memo[key] = size
+    return memo[key]
 
 
 def _read_yaml(path: Path) -> dict:
@@ -220,6 +258,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     try:
         loaded = load_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -243,7 +283,15 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = load_yaml(raw) if raw != "" else ""
-        except (yaml.YAMLError, ValueError):  # not YAML (or an impossible date): keep the text
+        except ConfigError as err:
+            raise ConfigError(f"override '{key}': {err}") from None
+        except yaml.YAMLError as err:  # refused, not kept as text: '!tag x' once named a run
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(
+                f"override '{item}': the value is not valid YAML ({reason}); quote it to pass "
+                f"it as text, e.g. {key}='\"{raw}\"'"
+            ) from None
+        except ValueError:  # a YAML date that is no date (2020-13-45): the text as written
             value = raw
         except RecursionError:
             raise ConfigError(f"override '{key}': value nested too deeply") from None
@@ -257,9 +305,31 @@ def parse_overrides(overrides: list[str]) -> dict:
     return result
 
 
+def _check_sections(tree: Any, schema: DictConfig, source: str, prefix: str = "") -> None:
+    """A value where the schema has a section (``train=5``) is named with the section's keys;
+    OmegaConf's own message names no key."""
+    if not isinstance(tree, dict):
+        return
+    for name, value in tree.items():
+        node = schema.get(name) if isinstance(name, str) and name in schema else None
+        if not isinstance(node, DictConfig):
+            continue
+        key = f"{prefix}{name}"
+        if value is None:  # an empty section header ("train:" and nothing under it)
+            tree[name] = {}
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{source}: '{key}' is a section, not a value ({key}={value!r}); set its keys, "
+                f"e.g. {_valid_keys(node, key + '.')[0]}=..., of {', '.join(_valid_keys(node, key + '.'))}"
+            )
+        _check_sections(value, node, source, key + ".")
+
+
 def merge(base: dict, source: str) -> DictConfig:
     """Validate a nested dict against the schema."""
     schema = OmegaConf.structured(Config)
+    _check_sections(base, schema, source)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(base))
     except OmegaConfBaseException as err:
@@ -298,8 +368,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     recipe = _read_yaml(path)
     cfg = merge(recipe, str(path))
     if overrides:
+        parsed = parse_overrides(overrides)
+        _check_sections(parsed, OmegaConf.structured(Config), "command line")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(parse_overrides(overrides)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(parsed))
         except OmegaConfBaseException as err:
             raise _explain(err, "command line") from None
         except (TypeError, ValueError, RecursionError) as err:
@@ -370,6 +442,7 @@ def validate(cfg: DictConfig) -> None:
         "model.scale": cfg.model.scale,
         "model.camc.k": cfg.model.camc.k,
         "model.camc.tau": cfg.model.camc.tau,
+        "data.max_pixels": cfg.data.max_pixels,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -378,7 +451,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.camc.mu={cfg.model.camc.mu}: must be in [0, 1)")
     if cfg.train.warmup_epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.warmup_epochs must be >= 0 and train.lr > 0")
+    for key in ("train.seed", "data.split_seed"):
+        value = OmegaConf.select(cfg, key)
+        if not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{key}={value}: must be a whole number in [0, {MAX_SEED}]")
     _validate_recipe_levers(cfg)
+
+
+MAX_SEED = 2**32 - 1  # numpy's seed range; every generator of a run is derived from these
 
 
 def _in_range(key: str, value: float, low: float, high: float, closed: bool = True) -> None:

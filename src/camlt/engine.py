@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -35,7 +34,7 @@ from camlt.checkpoint import (
     truncate_jsonl,
 )
 from camlt.compat import EVAL_FREE_KEYS, check_fits
-from camlt.config import diff, from_yaml_file, merge, to_yaml
+from camlt.config import diff, from_yaml_file, load_yaml, merge, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
@@ -446,6 +445,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
     """
     config_path = run_dir / CONFIG_FILE
     if resume and config_path.is_file():
+        refuse_lost_checkpoint(run_dir)
         saved = from_yaml_file(config_path)
         changed = [d for d in diff(saved, cfg) if not d.startswith(RESUME_FREE_KEYS)]
         if changed:
@@ -462,6 +462,21 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def refuse_lost_checkpoint(run_dir: Path) -> None:
+    """A run whose results are on disk but whose checkpoint is gone cannot be resumed: starting
+    again from epoch 1 would overwrite its metrics and final results without a word."""
+    if (run_dir / CHECKPOINT).exists():
+        return
+    kept = [name for name in (METRICS_FILE, FINAL_FILE) if (run_dir / name).is_file()]
+    epochs = len(read_jsonl(run_dir / METRICS_FILE)) if METRICS_FILE in kept else 0
+    if kept:
+        raise CheckpointError(
+            f"{run_dir} holds {', '.join(kept)} ({epochs} epochs logged) but no {CHECKPOINT}: it "
+            "cannot be resumed, and starting again would overwrite them. Restore the checkpoint, "
+            "or move those files away (or choose another train.run_dir) to train anew"
+        )
+
+
 def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) the run in ``run_dir``; returns the final test metrics.
 
@@ -476,6 +491,8 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
     main = dist.is_main
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"train.run_dir={run_dir} is a file, not a directory")
     if cfg.model.init_from and not (run_dir / CHECKPOINT).exists():
         check_stage1(cfg)  # refuse a bad stage-1 directory before creating anything
     if main:
@@ -606,4 +623,4 @@ def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], P
 
 def _config_from_state(state: dict, ckpt: Path) -> DictConfig:
     """The config embedded in a checkpoint, for a checkpoint copied without its run directory."""
-    return merge(yaml.safe_load(state["config"]), f"{ckpt} (embedded config)")
+    return merge(load_yaml(state["config"]), f"{ckpt} (embedded config)")

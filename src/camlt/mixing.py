@@ -84,7 +84,8 @@ class BatchMixer:
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
         """The draws of one step depend on (seed, epoch, step) alone, as the loader's do."""
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + step)
+        key = ((self.seed * 1_000_003 + epoch) * 100_003 + step) % 2**63
+        return torch.Generator().manual_seed(key)
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int

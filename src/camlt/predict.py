@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from camlt import __version__
 from camlt.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from camlt.compat import EVAL_FREE_KEYS, weight_differences
-from camlt.config import ConfigError, diff, from_yaml_file, merge
-from camlt.data import DATASETS
+from camlt.config import ConfigError, diff, from_yaml_file, load_yaml, merge
+from camlt.data import DATASETS, DataError
+from camlt.data.files import MAX_PIXELS, check_pixels
 from camlt.losses import posthoc_adjust
 from camlt.models import LongTailClassifier, build_model
 from camlt.stage2 import adapt_model
@@ -49,6 +49,7 @@ class InputSpec:
     resize_short: int | None = None  # resize the short side to this, then center-crop `size`
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    max_pixels: int = MAX_PIXELS  # larger images are refused before decoding (data.max_pixels)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -60,14 +61,17 @@ def input_spec(cfg: DictConfig) -> InputSpec:
     """The input of a config's dataset, matching what ``camlt.data`` feeds the model in training."""
     name = cfg.data.name
     spec = DATASETS.get(name)
+    limit = OmegaConf.select(cfg, "data.max_pixels", default=MAX_PIXELS)
     if name == "fmnist_lt":
-        return InputSpec(1, 28, pad=2, mean=spec.mean, std=spec.std)
+        return InputSpec(1, 28, pad=2, mean=spec.mean, std=spec.std, max_pixels=limit)
     if name in SMALL_RGB_DATASETS:
-        return InputSpec(3, 32, mean=spec.mean, std=spec.std)
+        return InputSpec(3, 32, mean=spec.mean, std=spec.std, max_pixels=limit)
     # Image files (camlt.data.files): RGB, short side to data.resize_size, center crop.
     size = OmegaConf.select(cfg, "data.image_size", default=224)
     resize = OmegaConf.select(cfg, "data.resize_size", default=round(size * 256 / 224))
-    return InputSpec(3, size, resize_short=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return InputSpec(
+        3, size, resize_short=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixels=limit
+    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -126,7 +130,7 @@ def _saved_config(state: dict, ckpt: Path) -> DictConfig:
         raise CheckpointError(f"{ckpt}: checkpoint holds no config; cannot rebuild its model")
     written_by = state.get("camlt_version", "unknown")
     try:
-        return merge(yaml.safe_load(state["config"]), f"{ckpt} (embedded config)")
+        return merge(load_yaml(state["config"]), f"{ckpt} (embedded config)")
     except ConfigError as err:
         raise CheckpointError(
             f"{err} (the checkpoint was written by camlt {written_by}; this is camlt {__version__})"
@@ -228,8 +232,11 @@ def decode(path: Path, spec: InputSpec) -> torch.Tensor:
     """Decode one image file; raises ValueError naming the file when it is not an image."""
     try:
         with Image.open(path) as image:
+            check_pixels(image, path, spec.max_pixels)
             image.load()
             return to_input(image, spec)
+    except DataError as err:
+        raise ValueError(str(err)) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: cannot decode image ({reason})") from None

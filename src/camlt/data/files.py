@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,10 +46,40 @@ def imagenet_transform(
     return v2.Compose([*steps, v2.PILToTensor(), *policy_transforms(augment, size)])
 
 
-def decode(path: str) -> Image.Image:
-    """An RGB image; raises UnidentifiedImageError / OSError for a file that is not one."""
+# The most pixels an image may claim before it is decoded (data.max_pixels): 50 million is a
+# 48-megapixel photo with room to spare, and a hundredth of what a decompression bomb asks for.
+MAX_PIXELS = 50_000_000
+
+
+def check_pixels(image: Image.Image, path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, before decoding, an image larger than the toolkit's inputs could ever need."""
+    w, h = image.size
+    if w * h > max_pixels:
+        raise DataError(
+            f"{path}: {w} x {h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
+            "(data.max_pixels; camlt predict --max-pixels); shrink the image or raise the limit"
+        )
+
+
+def header_error(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why an image's header does not open (None when it does): empty, not an image, too large.
+    Reads the header alone, a fraction of a decode."""
+    try:
+        with Image.open(path) as img:
+            check_pixels(img, path, max_pixels)
+    except DataError as err:
+        return str(err)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def decode(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image; raises UnidentifiedImageError / OSError for a file that is not one, and
+    DataError for one above ``max_pixels`` (checked from the header, before decoding)."""
     with open(path, "rb") as fh:
         img = Image.open(fh)
+        check_pixels(img, path, max_pixels)
         img.load()
     return img if img.mode == "RGB" else img.convert("RGB")  # no copy for RGB JPEGs
 
@@ -62,6 +93,7 @@ class FileImageSet(Dataset):
     classes: list[str]
     transform: v2.Compose
     skip_bad: bool = False  # undecodable files: dropped from the batch (True) or fatal
+    max_pixels: int = MAX_PIXELS  # data.max_pixels: larger images are refused by name
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     meta: dict = field(default_factory=dict)
@@ -80,7 +112,7 @@ class FileImageSet(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, index_seed(0, 0, key))
         path = self.files[index]
         try:
-            image = decode(path)
+            image = decode(path, self.max_pixels)
         # a damaged header can claim billions of pixels: PIL refuses it with a non-OSError
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
             if not self.skip_bad:
@@ -105,7 +137,7 @@ class FileImageSet(Dataset):
 
 def index_seed(seed: int, epoch: int, position: int) -> int:
     """The augmentation seed of the image drawn at ``position`` of ``epoch``."""
-    return (seed * 1_000_003 + epoch) * 10_000_019 + position
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + position) % 2**63  # any seed fits
 
 
 class DrawSampler(torch.utils.data.Sampler):

@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig
 
 from camlt.data.augment import AugmentSettings, batch_policy
-from camlt.data.files import FileImageSet, FileLoader, LoaderOptions, imagenet_transform
+from camlt.data.files import (
+    FileImageSet,
+    FileLoader,
+    LoaderOptions,
+    header_error,
+    imagenet_transform,
+)
 from camlt.data.owndata import (
     duplicate_report,
     longtail_subsample,
@@ -218,7 +224,16 @@ def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path, lis
             whole.labels, (data.val_fraction, data.test_fraction), data.split_seed
         )
         if len(test) == 0:
-            raise DataError(f"{whole.source}: data.test_fraction=0 leaves no test images")
+            raise DataError(
+                f"{whole.source}: no test images: data.test_fraction={data.test_fraction}"
+                + (
+                    " is 0"
+                    if data.test_fraction == 0
+                    else ", but no class has the 3 images "
+                    "a class needs to give one to the test split"
+                )
+                + f" (largest class: {int(np.bincount(whole.labels).max())} images)"
+            )
         lists = {
             "train": whole.subset(train),
             "val": whole.subset(val) if len(val) else None,
@@ -283,6 +298,9 @@ def _file_splits(
         keep = np.asarray([i for i, f in enumerate(res.files) if f is not None], dtype=np.int64)
         lists[name] = split.subset(keep)
         lists[name].paths = [res.files[i] for i in keep]
+    if data.bad_images == "skip":  # before the counts are taken: they shape groups and priors
+        lists["train"], note = _drop_unreadable(lists["train"], data.max_pixels)
+        reports += [note] if note else []
     train = lists["train"]
     bench = FILE_BENCHMARKS.get(data.name)
     fixed = bench.num_classes if bench else None
@@ -312,6 +330,23 @@ def _file_splits(
     return lists, classes, table, reports
 
 
+def _drop_unreadable(split: SplitList, max_pixels: int) -> tuple[SplitList, str | None]:
+    """The entries whose image header opens (data.bad_images=skip): a file that is empty, not
+    an image or too large is left out here, so the class counts, shot groups and the prior of
+    balanced softmax count only images that train. Damage past the header is still caught, and
+    dropped from its batch, when the image is decoded."""
+    bad = [i for i, path in enumerate(split.paths) if header_error(path, max_pixels)]
+    if not bad:
+        return split, None
+    keep = np.asarray(sorted(set(range(len(split))) - set(bad)), dtype=np.int64)
+    shown = ", ".join(f"{split.source}:{split.lines[i]} {split.paths[i]}" for i in bad[:10])
+    note = (
+        f"train split: left out {len(bad)} unreadable images before counting classes "
+        f"(data.bad_images=skip): {shown}"
+    )
+    return split.subset(keep), note
+
+
 def _class_names(train: SplitList, originals: list[int] | None) -> list[str]:
     """A class's folder name when all its training images share one (ImageNet wnids, Places)."""
     num_classes = int(train.labels.max()) + 1
@@ -336,4 +371,5 @@ def _file_set(cfg: DictConfig, split: SplitList, classes: list[str], train: bool
         classes,
         imagenet_transform(augment, cfg.data.image_size, cfg.data.resize_size),
         skip_bad=cfg.data.bad_images == "skip",
+        max_pixels=cfg.data.max_pixels,
     )
