@@ -436,3 +436,16 @@ def test_an_image_above_the_pixel_limit_is_named_before_decoding(finished_run, t
     assert code == 1 and "big.png: 3000 x 2000 = 6,000,000 pixels, above the limit" in err.err
     assert "small.png" in err.out
     assert main(["predict", str(finished_run), str(tmp_path / "big.png")]) == 0  # under 50 M
+
+
+def test_too_few_images_for_a_test_split_names_the_real_fraction(tmp_path):
+    root = tmp_path / "images"
+    for name in CLASSES:
+        for i in range(2):  # 2 images a class: none can go to the test split
+            write_jpeg(root / name / f"{i}.jpg", 0, i)
+    cfg = load_config(
+        ROOT / "configs" / "fmnist_lt.yaml",
+        ["data.name=image_folder", f"data.root={root}", "data.test_fraction=0.3"],
+    )
+    with pytest.raises(DataError, match=r"data.test_fraction=0.3, but no class has the 3 images"):
+        build_sets(cfg)
