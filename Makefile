@@ -27,7 +27,8 @@ data:
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); \
 	else echo "Fashion-MNIST not installed: the demo passes data.download=true"; fi
 
-DEMO_DATA := $(shell [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || echo data.download=true)
+# Decided when the demo starts, after the data target has had its chance to install the package.
+DEMO_DATA = $$([ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || echo data.download=true)
 
 demo: $(STAMP) data
 	$(BIN)/camlt train configs/fmnist_lt_demo.yaml $(DEMO_DATA) train.run_dir=runs/demo --resume

@@ -27,6 +27,7 @@ from pathlib import Path
 from table import RESULTS, ROOT, allocator, machine, publish
 
 from camlt.checkpoint import read_jsonl
+from camlt.rundir import FINAL_FILE, METRICS_FILE
 
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
 # Preloaded library file (Debian's libjemalloc2 / libtcmalloc-minimal4) and its settings:
@@ -67,8 +68,8 @@ def train_once(extra_env: dict[str, str], epochs: int, run_dir: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, env={**os.environ, **extra_env}, stdout=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rates = [r["images_per_s"] for r in read_jsonl(run_dir / "metrics.jsonl")]
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    rates = [r["images_per_s"] for r in read_jsonl(run_dir / METRICS_FILE)]
+    final = json.loads((run_dir / FINAL_FILE).read_text())
     return {
         "precision": final.get("precision", "fp32"),
         "images_per_s": statistics.mean(rates),

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from camlt.checkpoint import atomic_write_json, atomic_write_text
 from camlt.data import build_sets
-from camlt.predict import load_trained, normalise
+from camlt.data.inputs import normalise
+from camlt.predict import load_trained
 from camlt.viz import compute_maps, map_head
 
 ROOT = Path(__file__).resolve().parents[1]

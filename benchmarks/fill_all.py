@@ -31,8 +31,8 @@ import recipes
 import table
 from table import Row
 
-from camlt.checkpoint import CHECKPOINT
 from camlt.config import COMPILE_MODES, load_config
+from camlt.rundir import CHECKPOINT
 
 TABLES = {
     "foundation": foundation_table.ROWS,

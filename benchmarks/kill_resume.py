@@ -35,6 +35,7 @@ from table import machine  # noqa: E402
 
 from camlt.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_jsonl  # noqa: E402
 from camlt.config import from_yaml_file  # noqa: E402
+from camlt.rundir import CHECKPOINT, CONFIG_FILE, FINAL_FILE, METRICS_FILE  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
@@ -66,10 +67,10 @@ def start(data_root: Path, run_dir: Path, epochs: int) -> subprocess.Popen:
 def check_files(run_dir: Path) -> tuple[int, list[str]]:
     """How many run files exist, and those that cannot be read back (must always be none)."""
     checks = {
-        "checkpoint.pt": load_checkpoint,
-        "metrics.jsonl": read_jsonl,
-        "config.yaml": from_yaml_file,
-        "final_metrics.json": lambda p: json.loads(p.read_text()),
+        CHECKPOINT: load_checkpoint,
+        METRICS_FILE: read_jsonl,
+        CONFIG_FILE: from_yaml_file,
+        FINAL_FILE: lambda p: json.loads(p.read_text()),
     }
     bad, present = [], 0
     for name, read in checks.items():
@@ -84,17 +85,17 @@ def check_files(run_dir: Path) -> tuple[int, list[str]]:
 
 def fingerprint(run_dir: Path) -> dict:
     """What must equal the reference: final metrics, weights, per-epoch loss/lr/metrics."""
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    final = json.loads((run_dir / FINAL_FILE).read_text())
     epochs = [
         {k: r.get(k) for k in ("epoch", "loss", "lr", "test")}
-        for r in read_jsonl(run_dir / "metrics.jsonl")
+        for r in read_jsonl(run_dir / METRICS_FILE)
     ]
     return {
         "metrics": final["metrics"],
         "classes": final["classes"],
         "train_counts": final["train_counts"],
         "epochs": epochs,
-        "weights": load_checkpoint(run_dir / "checkpoint.pt")["model"],
+        "weights": load_checkpoint(run_dir / CHECKPOINT)["model"],
     }
 
 
@@ -128,7 +129,7 @@ def trial(index: int, rng: random.Random, data_root: Path, work: Path, args, win
                 kills += 1
                 present, problems = check_files(run_dir)
                 checked, bad = checked + present, bad + problems
-                ckpt = run_dir / "checkpoint.pt"
+                ckpt = run_dir / CHECKPOINT
                 epoch = load_checkpoint(ckpt)["epoch"] if ckpt.exists() and not problems else 0
                 temps = sorted(p.name for p in run_dir.glob(".*.tmp")) if run_dir.exists() else []
                 events.append(
@@ -203,7 +204,7 @@ def main() -> int:
             raise SystemExit(f"reference run failed:\n{ref.stderr.read()}")
         span = time.perf_counter() - began
         # kill between ~90% of the start-up (imports, until config.yaml) and the end of a run
-        startup = (work / "reference" / "config.yaml").stat().st_mtime - wall
+        startup = (work / "reference" / CONFIG_FILE).stat().st_mtime - wall
         window = [0.9 * startup, span]
         reference = fingerprint(work / "reference")
         results = []

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from camlt.checkpoint import atomic_write_json, atomic_write_text, read_jsonl
+from camlt.rundir import FINAL_FILE, METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,7 +118,7 @@ def train_seconds(run_dir: Path) -> float | None:
     Unlike ``wall_s`` it does not shrink when the run was already finished (a row shared with
     another table) nor grow with evaluation or a busy machine's waits between sittings.
     """
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     return round(sum((r.get("epoch_s", 0.0) for r in read_jsonl(path)), 0.0), 1)
@@ -153,7 +154,7 @@ def collect(
 ) -> dict:
     """The kept result of a finished (row, seed): its final metrics and where they came from."""
     run_dir = run_dir_of(row.name, seed, runs_dir)
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    final = json.loads((run_dir / FINAL_FILE).read_text())
     return {
         "metrics": final["metrics"],
         "train_counts": final["train_counts"],

@@ -32,6 +32,7 @@ from camlt.data.augment import AugmentSettings, policy_transforms
 from camlt.engine import build_run, build_scheduler, compute_loss, evaluate, train_one_epoch
 from camlt.heads import NormalizedHead
 from camlt.models import LongTailClassifier, create_backbone
+from camlt.rundir import FINAL_FILE, METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -144,8 +145,8 @@ def engine_processes(overrides: list[str], procs: int, run_dir: Path) -> dict:
         *(f"train.threads={threads}", f"train.run_dir={run_dir}"),
     ]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    rates = [r["images_per_s"] for r in read_jsonl(run_dir / "metrics.jsonl")]
-    final = json.loads((run_dir / "final_metrics.json").read_text())
+    rates = [r["images_per_s"] for r in read_jsonl(run_dir / METRICS_FILE)]
+    final = json.loads((run_dir / FINAL_FILE).read_text())
     return {
         "images_per_s": float(np.mean(rates)),
         "test_top1": final["metrics"]["overall"],

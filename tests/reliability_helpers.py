@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from conftest import ROOT, tiny_overrides
 
-from camlt import engine
+from camlt import rundir
 from camlt.checkpoint import load_checkpoint, read_jsonl
 from camlt.config import load_config
 
@@ -27,13 +27,13 @@ def same_run(run_a: Path, run_b: Path) -> None:
     assert a["epoch"] == b["epoch"]
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    fa = (run_a / engine.FINAL_FILE).read_text()
-    fb = (run_b / engine.FINAL_FILE).read_text()
+    fa = (run_a / rundir.FINAL_FILE).read_text()
+    fb = (run_b / rundir.FINAL_FILE).read_text()
     # the saved config names its own run directory; everything else must match exactly
     assert fa.replace(str(run_a), "RUN") == fb.replace(str(run_b), "RUN")
     keep = ("epoch", "loss", "lr", "test")
-    ra = [{k: r.get(k) for k in keep} for r in read_jsonl(run_a / engine.METRICS_FILE)]
-    rb = [{k: r.get(k) for k in keep} for r in read_jsonl(run_b / engine.METRICS_FILE)]
+    ra = [{k: r.get(k) for k in keep} for r in read_jsonl(run_a / rundir.METRICS_FILE)]
+    rb = [{k: r.get(k) for k in keep} for r in read_jsonl(run_b / rundir.METRICS_FILE)]
     assert ra == rb
 
 

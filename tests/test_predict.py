@@ -18,13 +18,8 @@ from viz_helpers import train_tiny, write_test_pngs
 from camlt import cli
 from camlt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from camlt.data import build_datasets
-from camlt.predict import (
-    collect_images,
-    decode,
-    input_spec,
-    load_trained,
-    predict_files,
-)
+from camlt.data.inputs import decode, input_spec
+from camlt.predict import collect_images, load_trained, predict_files
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_linear_cam_averages_to_the_logit_and_cosine_cam_is_bounded():
 
 def test_camc_maps_for_the_requested_class(runs):
     loaded = load_trained(runs["camc"], "cpu")
-    from camlt.predict import load_images, normalise
+    from camlt.data.inputs import load_images, normalise
 
     _, images = load_images(runs["pngs"], loaded.spec)
     batch = normalise(images, loaded.spec)
@@ -84,7 +84,7 @@ def test_cam_writes_one_png_per_image_of_the_expected_size(runs, tmp_path, capsy
     assert cli.main(["cam", str(runs["normalized"]), *pngs, "--out", str(tmp_path)]) == 0
     written = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in written] == ["img00_cam.png", "img01_cam.png"]
-    assert Image.open(written[0]).size == figure_pixels(1)
+    assert Image.open(written[0]).size == figure_pixels(1, cols=2)  # the image and its raw CAM
 
     capsys.readouterr()
     assert (

@@ -24,7 +24,6 @@ import yaml
 from camlt.config import ConfigError, load_yaml
 
 FORMAT_VERSION = 1
-CHECKPOINT = "checkpoint.pt"
 _UMASK = os.umask(0o022)  # read the process umask (os.umask can only read it by setting it)
 os.umask(_UMASK)
 

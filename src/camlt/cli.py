@@ -9,10 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from camlt import __version__
 from camlt.checkpoint import CheckpointError, atomic_write_json
 from camlt.cli_inspect import add_inspection_commands
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
 from camlt.data import DataError
+from camlt.rundir import CONFIG_FILE, EVAL_FILE
 
 EXPECTED_ERRORS = (
     ConfigError,
@@ -31,7 +33,7 @@ def _resolve_train_target(target: str, overrides: list[str]):
     if path.is_dir():
         if overrides:
             raise ConfigError(f"{target} is a run directory; overrides apply to a recipe file only")
-        return from_yaml_file(path / "config.yaml"), path
+        return from_yaml_file(path / CONFIG_FILE), path
     cfg = load_config(path, overrides)
     run_dir = cfg.train.run_dir or default_run_dir(path, overrides, cfg.train.out_dir)
     return cfg, Path(run_dir)
@@ -56,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     metrics, classes, counts, run_dir = evaluate_checkpoint(args.target)
     print(format_table(metrics, classes, counts))
-    out = Path(args.out) if args.out else run_dir / "eval.json"
+    out = Path(args.out) if args.out else run_dir / EVAL_FILE
     atomic_write_json(out, {"metrics": metrics, "classes": classes, "train_counts": counts})
     print(f"wrote {out}")
     return 0
@@ -101,8 +103,15 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = (
+    "camlt: long-tailed image classification with class activation map calibration. Train and "
+    "evaluate a recipe, predict, draw class activation maps, report on a run, check a dataset."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camlt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="camlt", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"camlt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe with dotted overrides")

@@ -477,10 +477,30 @@ UNIT_NORM_HEADS = ("normalized", "camc")
 NO_CLASS_WEIGHTS_STAGE2 = ("taunorm", "posthoc", "lws")
 
 
+# data.augment's steps (camlt.data.augment applies them)
+BASIC = "crop_flip"
+STRONG = ("autoaugment", "randaugment", "trivialaugment", "cutout", "erasing")
+AUGMENTS = ("none", BASIC, *STRONG)
+
+
+def parse_augment(value: str) -> tuple[str, ...]:
+    """The steps of a ``data.augment`` value; an unknown step lists the valid ones."""
+    steps = tuple(s.strip() for s in str(value).split("+"))
+    unknown = [s for s in steps if s not in AUGMENTS]
+    if unknown:
+        raise ValueError(
+            f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
+            f"from {', '.join(AUGMENTS)} (e.g. crop_flip+autoaugment+cutout)"
+        )
+    if "none" in steps and len(steps) > 1:
+        raise ValueError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"data.augment={value!r}: a step is named twice")
+    return () if steps == ("none",) else steps
+
+
 def _validate_recipe_levers(cfg: DictConfig) -> None:
     """Mixing, strong augmentation and MaxNorm: ranges, and MaxNorm only where it means something."""
-    from camlt.data.augment import parse_augment
-
     data, train = cfg.data, cfg.train
     try:
         parse_augment(data.augment)

@@ -19,6 +19,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` (or ``--device``) as a device: auto is the GPU when one is visible."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """This process's place in the job; world 1 when not launched by torchrun."""

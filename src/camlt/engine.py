@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from camlt import __version__, distributed
 from camlt.checkpoint import (
-    CHECKPOINT,
     CheckpointError,
     RunLock,
     append_jsonl,
@@ -34,20 +33,28 @@ from camlt.checkpoint import (
     truncate_jsonl,
 )
 from camlt.compat import EVAL_FREE_KEYS, check_fits
-from camlt.config import diff, from_yaml_file, load_yaml, merge, to_yaml
+from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
+from camlt.distributed import resolve_device
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.mixing import BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
 from camlt.regularize import MaxNorm, build_maxnorm
+from camlt.rundir import (
+    BEST_CHECKPOINT,
+    CHECKPOINT,
+    CONFIG_FILE,
+    FINAL_FILE,
+    LABEL_MAP_FILE,
+    METRICS_FILE,
+    resolve,
+    saved_config,
+)
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
 from camlt.tblog import open_logger
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
-FINAL_FILE = "final_metrics.json"
 # Keys that may differ on --resume without changing the result.
 RESUME_FREE_KEYS = (
     "train.progress",
@@ -62,7 +69,6 @@ RESUME_FREE_KEYS = (
     "train.tensorboard",
     "train.compile",
 )
-BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,14 +76,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- setup helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
-    return torch.device(name)
-
-
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively; on AVX2-only CPUs bf16 autocast is ~10x slower."""
     try:
@@ -508,7 +506,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistI
             atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
         run = build_run(cfg, run_dir)
         if run.label_map and main:
-            atomic_write_json(run_dir / "label_map.json", run.label_map)
+            atomic_write_json(run_dir / LABEL_MAP_FILE, run.label_map)
         if resume and (run_dir / CHECKPOINT).exists():
             restore(run, load_fitting_checkpoint(run, run_dir / CHECKPOINT))
         elif cfg.model.init_from:
@@ -596,11 +594,10 @@ def fit(run: Run) -> dict:
 
 def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], Path]:
     """Rebuild a run from its saved config and evaluate its checkpoint on the test split."""
-    path = Path(path)
-    run_dir, ckpt = (path, path / CHECKPOINT) if path.is_dir() else (path.parent, path)
+    run_dir, ckpt = resolve(path)
     state = load_checkpoint(ckpt)
     config_file = run_dir / CONFIG_FILE
-    cfg = from_yaml_file(config_file) if config_file.is_file() else _config_from_state(state, ckpt)
+    cfg = from_yaml_file(config_file) if config_file.is_file() else saved_config(state, ckpt)
     run = build_run(cfg, run_dir)
     check_fits(
         state,
@@ -619,8 +616,3 @@ def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], P
         ) from None
     metrics = evaluate(run)
     return metrics, run.train_set.classes, run.train_counts, run_dir
-
-
-def _config_from_state(state: dict, ckpt: Path) -> DictConfig:
-    """The config embedded in a checkpoint, for a checkpoint copied without its run directory."""
-    return merge(load_yaml(state["config"]), f"{ckpt} (embedded config)")

@@ -13,65 +13,29 @@ import csv
 import glob
 import io
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, UnidentifiedImageError
 
 from camlt import __version__
-from camlt.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from camlt.checkpoint import CheckpointError, load_checkpoint
 from camlt.compat import EVAL_FREE_KEYS, weight_differences
-from camlt.config import ConfigError, diff, from_yaml_file, load_yaml, merge
-from camlt.data import DATASETS, DataError
-from camlt.data.files import MAX_PIXELS, check_pixels
+from camlt.config import ConfigError, diff, from_yaml_file
+from camlt.data.inputs import (
+    IMAGE_SUFFIXES,
+    InputSpec,
+    input_spec,
+    load_images,
+    normalise,
+)
+from camlt.distributed import resolve_device
 from camlt.losses import posthoc_adjust
 from camlt.models import LongTailClassifier, build_model
+from camlt.rundir import CONFIG_FILE, resolve, saved_config
 from camlt.stage2 import adapt_model
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-# ImageNet statistics, for datasets that do not declare their own (file-based benchmarks).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SMALL_RGB_DATASETS = ("cifar10_lt", "cifar100_lt")  # 32x32 RGB, fed as they are
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a decoded image becomes a training-sized uint8 tensor."""
-
-    channels: int  # 1 (grey) or 3 (RGB)
-    size: int  # side after resizing (and cropping), before padding
-    pad: int = 0  # zero border added after resizing (Fashion-MNIST 28 -> 32)
-    resize_short: int | None = None  # resize the short side to this, then center-crop `size`
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    max_pixels: int = MAX_PIXELS  # larger images are refused before decoding (data.max_pixels)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        side = self.size + 2 * self.pad
-        return (self.channels, side, side)
-
-
-def input_spec(cfg: DictConfig) -> InputSpec:
-    """The input of a config's dataset, matching what ``camlt.data`` feeds the model in training."""
-    name = cfg.data.name
-    spec = DATASETS.get(name)
-    limit = OmegaConf.select(cfg, "data.max_pixels", default=MAX_PIXELS)
-    if name == "fmnist_lt":
-        return InputSpec(1, 28, pad=2, mean=spec.mean, std=spec.std, max_pixels=limit)
-    if name in SMALL_RGB_DATASETS:
-        return InputSpec(3, 32, mean=spec.mean, std=spec.std, max_pixels=limit)
-    # Image files (camlt.data.files): RGB, short side to data.resize_size, center crop.
-    size = OmegaConf.select(cfg, "data.image_size", default=224)
-    resize = OmegaConf.select(cfg, "data.resize_size", default=round(size * 256 / 224))
-    return InputSpec(
-        3, size, resize_short=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixels=limit
-    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -116,34 +80,11 @@ class LoadedModel:
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint file) from either one."""
-    path = Path(path)
-    if path.is_dir():
-        return path, path / CHECKPOINT
-    return path.parent, path
-
-
-def _saved_config(state: dict, ckpt: Path) -> DictConfig:
-    """The checkpoint's embedded config, naming the camlt versions when it no longer fits."""
-    if "config" not in state:
-        raise CheckpointError(f"{ckpt}: checkpoint holds no config; cannot rebuild its model")
-    written_by = state.get("camlt_version", "unknown")
-    try:
-        return merge(load_yaml(state["config"]), f"{ckpt} (embedded config)")
-    except ConfigError as err:
-        raise CheckpointError(
-            f"{err} (the checkpoint was written by camlt {written_by}; this is camlt {__version__})"
-        ) from None
-
-
 def load_trained(path: str | Path, device: str | torch.device = "auto") -> LoadedModel:
     """Rebuild and load the model of a run directory or checkpoint file for inference."""
-    from camlt.engine import CONFIG_FILE, resolve_device
-
-    run_dir, ckpt = resolve_checkpoint(path)
+    run_dir, ckpt = resolve(path)
     state = load_checkpoint(ckpt)
-    cfg = _saved_config(state, ckpt)
+    cfg = saved_config(state, ckpt)
     warnings = []
     beside = run_dir / CONFIG_FILE
     if beside.is_file():
@@ -207,74 +148,6 @@ def collect_images(items: Iterable[str]) -> tuple[list[Path], list[tuple[str, st
             missing.append((item, "no such file or folder"))
     unique = list(dict.fromkeys(found))
     return unique, missing
-
-
-def to_input(image: Image.Image, spec: InputSpec) -> torch.Tensor:
-    """A decoded image as the uint8 (C, H, W) tensor the model was trained on."""
-    image = image.convert("L" if spec.channels == 1 else "RGB")
-    if spec.resize_short:
-        w, h = image.size
-        ratio = spec.resize_short / min(w, h)
-        image = image.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), Image.BILINEAR)
-        w, h = image.size
-        left, top = (w - spec.size) // 2, (h - spec.size) // 2
-        image = image.crop((left, top, left + spec.size, top + spec.size))
-    elif image.size != (spec.size, spec.size):
-        image = image.resize((spec.size, spec.size), Image.BILINEAR)
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    tensor = data.view(spec.size, spec.size, spec.channels).permute(2, 0, 1)
-    if spec.pad:
-        tensor = torch.nn.functional.pad(tensor, (spec.pad,) * 4)
-    return tensor.contiguous()
-
-
-def decode(path: Path, spec: InputSpec) -> torch.Tensor:
-    """Decode one image file; raises ValueError naming the file when it is not an image."""
-    try:
-        with Image.open(path) as image:
-            check_pixels(image, path, spec.max_pixels)
-            image.load()
-            return to_input(image, spec)
-    except DataError as err:
-        raise ValueError(str(err)) from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: cannot decode image ({reason})") from None
-
-
-def normalise(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the normalised float batch, as ``BatchLoader.normalise`` does."""
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255
-    std = torch.tensor(spec.std).view(1, -1, 1, 1) * 255
-    return (images.float() - mean) / std
-
-
-def set_images(data, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
-    """uint8 (N, C, H, W) evaluation inputs of a dataset's images (tensors or decoded files),
-    and the indices kept (an undecodable file of a ``data.bad_images=skip`` set is left out)."""
-    indices = [int(i) for i in indices]
-    if hasattr(data, "images"):  # TensorImageSet
-        return data.images[indices], indices
-    items = [(i, data[i][0]) for i in indices]  # FileImageSet: its own evaluation transform
-    kept = [(i, t) for i, t in items if t is not None]
-    if not kept:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), []
-    return torch.stack([t for _, t in kept]), [i for i, _ in kept]
-
-
-def load_images(
-    paths: Sequence[Path], spec: InputSpec, warn=None
-) -> tuple[list[Path], torch.Tensor | None]:
-    """Decode every path; an undecodable one is named through ``warn`` and left out."""
-    warn = warn or (lambda msg: print(f"camlt: skipped {msg}", file=sys.stderr))
-    kept, tensors = [], []
-    for path in paths:
-        try:
-            tensors.append(decode(path, spec))
-            kept.append(path)
-        except ValueError as err:
-            warn(str(err))
-    return kept, (torch.stack(tensors) if tensors else None)
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -18,8 +18,10 @@ import torch
 
 from camlt.checkpoint import atomic_write_text, read_jsonl
 from camlt.config import to_yaml
+from camlt.data.inputs import set_images
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
-from camlt.predict import LoadedModel, load_trained, set_images
+from camlt.predict import LoadedModel, load_trained
+from camlt.rundir import METRICS_FILE
 
 CONFUSION_FULL_MAX = 20  # above this many classes, show the most confused pairs instead
 CONFUSED_PAIRS = 20
@@ -94,7 +96,6 @@ def test_predictions(
 def load_run_data(run_dir: str | Path, name: str, out: Path, device: str, test_set=None):
     """Load a run, rebuild its test set (unless given) and evaluate it once (cached)."""
     from camlt.data import build_sets
-    from camlt.engine import METRICS_FILE
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

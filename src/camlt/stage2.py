@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from camlt.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from camlt.checkpoint import CheckpointError, load_checkpoint
 from camlt.config import ConfigError, from_yaml_file
 from camlt.heads import HeadOutput, LinearHead
 from camlt.metrics import evaluate_predictions
+from camlt.rundir import CHECKPOINT, CONFIG_FILE, FINAL_FILE
 
 METHODS = ("crt", "taunorm", "lws", "posthoc", "wb")
 # Methods whose classifier is the stage-1 classifier (so model.head must match stage 1's).
@@ -166,8 +167,6 @@ def adapt_model(model: nn.Module, cfg: DictConfig, num_classes: int) -> nn.Modul
 def check_stage1(cfg: DictConfig) -> DictConfig:
     """The stage-1 run's config, after refusing a directory that is missing, unfinished or
     trained on other data or another backbone; returns its config."""
-    from camlt.engine import CONFIG_FILE, FINAL_FILE  # the engine's file names (no import cycle)
-
     where = f"model.init_from={cfg.model.init_from}"
     run_dir = Path(cfg.model.init_from)
     if not run_dir.is_dir():
@@ -218,8 +217,6 @@ def _check_data(run_dir: Path, final: dict, classes: list[str], counts: list[int
 
 def load_stage1(run) -> None:
     """Fill a fresh stage-2 run (``engine.Run``) with the stage-1 weights it starts from."""
-    from camlt.engine import FINAL_FILE
-
     cfg = run.cfg
     run_dir = Path(cfg.model.init_from)
     check_stage1(cfg)

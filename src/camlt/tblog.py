@@ -69,7 +69,7 @@ class TensorBoardLogger:
                 "train.tensorboard=true needs the tensorboard package: pip install 'camlt[viz]'"
             ) from None
 
-        from camlt.predict import set_images
+        from camlt.data.inputs import set_images
 
         self.writer = SummaryWriter(
             log_dir=str(run.run_dir / TB_DIR),

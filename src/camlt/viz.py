@@ -3,7 +3,8 @@
 The CAMC head returns its four maps itself (raw CAM, calibrated CAM, cross-data correlation,
 final importance). For heads without maps the raw CAM is computed here from the classifier
 weights: ``<F_u, w_c>`` for a linear classifier, the cosine ``<F_u/|F_u|, w_c/|w_c|>`` for a
-normalized one (the map that classifier actually scores); the CAMC-only maps are shown "n/a".
+normalized one (the map that classifier actually scores). A figure draws the maps its head has:
+four for CAMC, the raw CAM alone for the others.
 Drawing uses matplotlib's Agg canvas directly, so importing this never touches a GUI backend.
 """
 
@@ -156,24 +157,30 @@ def figure_pixels(rows: int, cols: int = 1 + len(MAP_NAMES)) -> tuple[int, int]:
     return round(cols * PANEL_INCHES[0] * DPI), round(rows * PANEL_INCHES[1] * DPI)
 
 
+def shown_maps(rows: Sequence[CamRow]) -> list[str]:
+    """The maps some row has, in MAP_NAMES order: a head without CAMC's maps gets no empty panels."""
+    return [name for name in MAP_NAMES if any(row.maps.get(name) is not None for row in rows)]
+
+
 def cam_figure(rows: Sequence[CamRow]):
-    """A matplotlib Figure: per row the image, then each of the four maps overlaid on it."""
+    """A matplotlib Figure: per row the image, then each map the head has overlaid on it."""
     from matplotlib.figure import Figure
 
-    cols = 1 + len(MAP_NAMES)
+    names = shown_maps(rows)
+    cols = 1 + len(names)
     width, height = figure_pixels(len(rows), cols)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, row in enumerate(rows):
         axes[r, 0].imshow(image_rgb(row.image), interpolation="nearest")
         axes[r, 0].set_title(row.caption, fontsize=8)
-        for c, name in enumerate(MAP_NAMES, 1):
+        for c, name in enumerate(names, 1):
             cam = row.maps.get(name)
             ax = axes[r, c]
             ax.imshow(overlay_rgb(row.image, cam), interpolation="bilinear")
-            if cam is None:
+            if cam is None:  # a map another row of the figure has
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-                ax.set_title(f"{MAP_TITLES[name]}\n(CAMC only)", fontsize=8)
+                ax.set_title(MAP_TITLES[name], fontsize=8)
             else:
                 lo, hi = cam.min().item(), cam.max().item()
                 ax.set_title(f"{MAP_TITLES[name]}\n[{lo:.2g}, {hi:.2g}]", fontsize=8)
@@ -199,7 +206,7 @@ def cam_rows_for(
     loaded, images: torch.Tensor, captions: Sequence[str], classes: torch.Tensor | None
 ) -> tuple[list[CamRow], MapResult]:
     """Rows for a batch of uint8 images and the class to map in each (None: predicted)."""
-    from camlt.predict import normalise
+    from camlt.data.inputs import normalise
 
     batch = normalise(images, loaded.spec).to(loaded.device)
     result = compute_maps(loaded.model, batch, classes, loaded.adjust)
@@ -218,7 +225,7 @@ def write_cam_images(
     warn=None,
 ) -> list[Path]:
     """One PNG per decodable image: maps for the predicted class and, if labelled, the true one."""
-    from camlt.predict import load_images
+    from camlt.data.inputs import load_images
 
     out_dir = Path(out_dir)
     label_of = dict(zip(paths, labels or [None] * len(paths), strict=True))

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import torch
-from omegaconf import DictConfig
-
+from camlt.data.benchmarks import FMNIST_HARD_ORDER, build_datasets, class_order, train_counts
+from camlt.data.inputs import DATASETS, DatasetSpec
 from camlt.data.loaders import Loaders, build_loaders, build_sets
 from camlt.data.longtail import counts_for_order, profile_counts, select_indices
-from camlt.data.sources import FMNIST_CLASSES, ArraySplit, DataError, load_cifar, load_fmnist
+from camlt.data.sources import DataError
 from camlt.data.tensors import BatchLoader, TensorImageSet, random_crop_flip
 
 __all__ = [
@@ -20,107 +16,14 @@ __all__ = [
     "build_sets",
     "DataError",
     "DatasetSpec",
+    "FMNIST_HARD_ORDER",
     "TensorImageSet",
     "build_datasets",
+    "class_order",
     "counts_for_order",
     "profile_counts",
     "random_crop_flip",
     "select_indices",
+    "train_counts",
     "DATASETS",
 ]
-
-# Fashion-MNIST-LT hard order: rank r of the profile holds original class HARD_ORDER[r].
-FMNIST_HARD_ORDER = (1, 5, 7, 8, 9, 3, 0, 2, 4, 6)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a benchmark needs beyond its files: sizes and normalisation."""
-
-    num_classes: int
-    n_max: int  # the per-class maximum of the long-tailed profile
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-DATASETS = {
-    "fmnist_lt": DatasetSpec(10, 5000, (0.2860,), (0.3530,)),
-    "cifar10_lt": DatasetSpec(10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100_lt": DatasetSpec(100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
-
-def _load_raw(cfg: DictConfig) -> tuple[dict[str, ArraySplit], list[str], DatasetSpec]:
-    name = cfg.data.name
-    if name not in DATASETS:
-        raise DataError(
-            f"data.name='{name}': unknown dataset; expected one of {', '.join(DATASETS)}"
-        )
-    spec = DATASETS[name]
-    if name == "fmnist_lt":
-        splits = load_fmnist(cfg.data.root, cfg.data.download)
-        for split in splits.values():  # 28x28 -> 32x32, as the CIFAR ResNets expect
-            split.images = np.pad(split.images, ((0, 0), (0, 0), (2, 2), (2, 2)))
-        classes = list(FMNIST_CLASSES)
-    else:
-        splits, classes = load_cifar(spec.num_classes, cfg.data.root, cfg.data.download)
-    return splits, classes, spec
-
-
-def class_order(cfg: DictConfig, num_classes: int) -> list[int]:
-    """Which class holds each rank of the profile."""
-    if cfg.data.order == "hard":
-        if cfg.data.name != "fmnist_lt":
-            raise DataError("data.order=hard is defined for fmnist_lt only")
-        return list(FMNIST_HARD_ORDER)
-    return list(range(num_classes))
-
-
-def train_counts(cfg: DictConfig, available: list[int]) -> list[int]:
-    """Per-class training counts the config asks for."""
-    num_classes = len(available)
-    if cfg.data.balanced:
-        return list(available)
-    spec = DATASETS[cfg.data.name]
-    n_max = cfg.data.n_max or spec.n_max
-    counts = counts_for_order(
-        num_classes, n_max, cfg.data.imbalance, cfg.data.profile, class_order(cfg, num_classes)
-    )
-    for cls, (want, have) in enumerate(zip(counts, available, strict=True)):
-        if want > have:
-            raise DataError(f"class {cls} has {have} training images; the profile asks for {want}")
-        if want < 1:
-            raise DataError(
-                f"class {cls} would keep no image (n_max={n_max}, imbalance={cfg.data.imbalance})"
-            )
-    return counts
-
-
-def build_datasets(cfg: DictConfig) -> tuple[TensorImageSet, TensorImageSet]:
-    """The long-tailed training set and the whole balanced test set."""
-    splits, classes, spec = _load_raw(cfg)
-    train, test = splits["train"], splits["test"]
-    for split_name, split in splits.items():
-        bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
-        if len(bad):
-            raise DataError(f"{split_name} labels out of range 0..{len(classes) - 1}: {bad[:5]}")
-    available = np.bincount(train.labels, minlength=len(classes)).tolist()
-    if 0 in available:
-        raise DataError(f"class {available.index(0)} has no training image")
-    counts = train_counts(cfg, available)
-    keep = select_indices(train.labels, counts, cfg.data.split_seed)
-    meta = {"split_seed": cfg.data.split_seed, "counts": counts}
-    train_set = _to_tensors(train.images[keep], train.labels[keep], classes, spec, meta)
-    test_set = _to_tensors(test.images, test.labels, classes, spec, {})
-    return train_set, test_set
-
-
-def _to_tensors(images, labels, classes, spec, meta) -> TensorImageSet:
-    return TensorImageSet(
-        torch.from_numpy(np.ascontiguousarray(images)),
-        torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-        classes,
-        spec.mean,
-        spec.std,
-        meta,
-    )

@@ -27,9 +27,7 @@ from typing import Any
 
 import torch
 
-BASIC = "crop_flip"
-STRONG = ("autoaugment", "randaugment", "trivialaugment", "cutout", "erasing")
-AUGMENTS = ("none", BASIC, *STRONG)
+from camlt.config import BASIC, STRONG, parse_augment
 
 
 @dataclass(frozen=True)
@@ -60,22 +58,6 @@ class AugmentSettings:
     @property
     def strong(self) -> tuple[str, ...]:
         return tuple(s for s in self.steps if s in STRONG)
-
-
-def parse_augment(value: str) -> tuple[str, ...]:
-    """The steps of a ``data.augment`` value; an unknown step lists the valid ones."""
-    steps = tuple(s.strip() for s in str(value).split("+"))
-    unknown = [s for s in steps if s not in AUGMENTS]
-    if unknown:
-        raise ValueError(
-            f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
-            f"from {', '.join(AUGMENTS)} (e.g. crop_flip+autoaugment+cutout)"
-        )
-    if "none" in steps and len(steps) > 1:
-        raise ValueError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
-    if len(set(steps)) != len(steps):
-        raise ValueError(f"data.augment={value!r}: a step is named twice")
-    return () if steps == ("none",) else steps
 
 
 def policy_transforms(settings: AugmentSettings, image_side: int) -> list[Callable]:

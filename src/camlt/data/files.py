@@ -12,7 +12,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,14 +19,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from camlt.data.augment import AugmentSettings, policy_transforms
+from camlt.data.inputs import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, check_pixels
 from camlt.data.sources import DataError
 from camlt.data.tensors import Sampler
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_transform(
@@ -44,21 +41,6 @@ def imagenet_transform(
     else:
         steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
     return v2.Compose([*steps, v2.PILToTensor(), *policy_transforms(augment, size)])
-
-
-# The most pixels an image may claim before it is decoded (data.max_pixels): 50 million is a
-# 48-megapixel photo with room to spare, and a hundredth of what a decompression bomb asks for.
-MAX_PIXELS = 50_000_000
-
-
-def check_pixels(image: Image.Image, path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
-    """Refuse, before decoding, an image larger than the toolkit's inputs could ever need."""
-    w, h = image.size
-    if w * h > max_pixels:
-        raise DataError(
-            f"{path}: {w} x {h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
-            "(data.max_pixels; camlt predict --max-pixels); shrink the image or raise the limit"
-        )
 
 
 def header_error(path: str, max_pixels: int = MAX_PIXELS) -> str | None:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from camlt.data.augment import AugmentSettings, batch_policy
+from camlt.data.benchmarks import build_datasets
 from camlt.data.files import (
     FileImageSet,
     FileLoader,
@@ -106,8 +107,6 @@ def is_file_dataset(cfg: DictConfig) -> bool:
 def build_sets(cfg: DictConfig, verbose: bool = True) -> DataSets:
     """The train / val / test sets of a config (val only where the data has one)."""
     if not is_file_dataset(cfg):
-        from camlt.data import build_datasets
-
         train, test = build_datasets(cfg)
         return DataSets(train, None, test, int(train.images.shape[1]))
     splits, classes, label_map, reports = _file_splits(cfg)

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from camlt.data.inputs import IMAGE_SUFFIXES
 from camlt.data.longtail import profile_counts, select_indices
 from camlt.data.sources import DataError
 from camlt.data.splitfile import SplitList
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
-
 
 def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
 def read_image_folder(root: str | Path) -> SplitList:

@@ -1,0 +1,57 @@
+"""The run directory: what a run leaves on disk, by name, and how to read its config back.
+
+Training writes these files, evaluation, prediction, stage 2, the report and the benchmarks read
+them; every one of them takes the names from here, so a file is renamed in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from camlt import __version__
+from camlt.checkpoint import CheckpointError
+from camlt.config import ConfigError, load_yaml, merge
+
+CHECKPOINT = "checkpoint.pt"  # the last finished epoch: weights, optimiser, RNG, config
+CONFIG_FILE = "config.yaml"  # the resolved config, written before the first epoch
+METRICS_FILE = "metrics.jsonl"  # one line per finished epoch
+FINAL_FILE = "final_metrics.json"  # the final test metrics: the run has finished
+BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
+LABEL_MAP_FILE = "label_map.json"  # class index -> original label (data.labels=remap)
+EVAL_FILE = "eval.json"  # what ``camlt eval`` writes by default
+
+__all__ = [
+    "BEST_CHECKPOINT",
+    "CHECKPOINT",
+    "CONFIG_FILE",
+    "EVAL_FILE",
+    "FINAL_FILE",
+    "LABEL_MAP_FILE",
+    "METRICS_FILE",
+    "resolve",
+    "saved_config",
+]
+
+
+def resolve(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) from either one."""
+    path = Path(path)
+    if path.is_dir():
+        return path, path / CHECKPOINT
+    return path.parent, path
+
+
+def saved_config(state: dict, ckpt: Path) -> DictConfig:
+    """The config embedded in a checkpoint (one copied without its run directory still
+    rebuilds), naming both camlt versions when it no longer fits this one."""
+    if "config" not in state:
+        raise CheckpointError(f"{ckpt}: checkpoint holds no config; cannot rebuild its model")
+    written_by = state.get("camlt_version", "unknown")
+    try:
+        return merge(load_yaml(state["config"]), f"{ckpt} (embedded config)")
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{err} (the checkpoint was written by camlt {written_by}; this is camlt {__version__})"
+        ) from None
