@@ -37,6 +37,25 @@ def same_run(run_a: Path, run_b: Path) -> None:
     assert ra == rb
 
 
+def kill_after_first_checkpoint(cfg, run_dir: Path, monkeypatch) -> None:
+    """Train ``cfg`` in ``run_dir`` and stop it as a kill would, right after the first epoch's
+    checkpoint is written; the run is then ready to be resumed."""
+    import pytest
+
+    from camlt import engine
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, run_dir)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+
+
 def temp_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob(".*.tmp"))
 

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import torch
+from reliability_helpers import kill_after_first_checkpoint
 
 from camlt import engine
 from camlt.checkpoint import CheckpointError, load_checkpoint, read_jsonl
@@ -35,16 +36,7 @@ def test_train_eval_and_resume_equal_an_uninterrupted_run(tiny_cfg, tmp_path, mo
     }
 
     cfg = tiny_cfg(f"train.run_dir={tmp_path / 'killed'}")
-    real_save = engine.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, tmp_path / "killed")
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    kill_after_first_checkpoint(cfg, tmp_path / "killed", monkeypatch)
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
     resumed = engine.train(cfg, tmp_path / "killed", resume=True)
 

@@ -312,17 +312,13 @@ def test_numeric_edge_values_are_taken_or_refused_by_key(value):
 # ----------------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import tiny_overrides
+    from reliability_helpers import tiny
 
     from camlt import engine
 
     base = tmp_path_factory.mktemp("ckpt")
-    root = write_fmnist(base / "fm")
     run_dir = base / "run"
-    cfg = load_config(
-        ROOT / "configs" / "fmnist_lt.yaml", tiny_overrides(root, run_dir) + ["train.epochs=1"]
-    )
-    engine.train(cfg, run_dir)
+    engine.train(tiny(write_fmnist(base / "fm"), run_dir, "train.epochs=1"), run_dir)
     return run_dir
 
 

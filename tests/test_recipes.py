@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_overrides, write_fmnist
 from omegaconf import OmegaConf
+from reliability_helpers import kill_after_first_checkpoint
 
 from camlt import engine
 from camlt.checkpoint import load_checkpoint
@@ -212,16 +213,7 @@ def test_a_resumed_run_with_every_lever_equals_an_uninterrupted_one(
         return load_config(RECIPE, tiny_overrides(fmnist, tmp_path / name) + extra)
 
     full = engine.train(cfg("full"), tmp_path / "full")
-    real_save = engine.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg("part"), tmp_path / "part")
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    kill_after_first_checkpoint(cfg("part"), tmp_path / "part", monkeypatch)
     resumed = engine.train(cfg("part"), tmp_path / "part", resume=True)
     assert resumed == full
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
