@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 from conftest import ROOT
+from reliability_helpers import kill_after_first_checkpoint
 
 from camlt import CAMCHead, build_model
 from camlt.checkpoint import load_checkpoint
@@ -276,16 +277,7 @@ def test_engine_trains_camc_and_resume_restores_the_prototypes(tiny_cfg, tmp_pat
     assert not torch.allclose(full["head.P"], w_hat)
 
     cfg = tiny_cfg("model.head=camc", f"train.run_dir={tmp_path / 'killed'}")
-    real_save = engine.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, tmp_path / "killed")
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    kill_after_first_checkpoint(cfg, tmp_path / "killed", monkeypatch)
     engine.train(cfg, tmp_path / "killed", resume=True)
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
     assert torch.equal(resumed["head.P"], full["head.P"])
