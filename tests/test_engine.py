@@ -121,3 +121,18 @@ def test_compiled_training_matches_eager_and_keeps_checkpoints(tiny_cfg, tmp_pat
     # a compiled run reopens without compiling (train.compile is free on --resume)
     off = tiny_cfg(*camc, f"train.run_dir={tmp_path / 'compiled'}")
     engine.train(off, tmp_path / "compiled", resume=True)
+
+
+def test_declared_parameters_take_no_weight_decay(tiny_cfg):
+    from camlt.models import build_model
+
+    cfg = tiny_cfg("model.learn_scale=true")
+    model = build_model(cfg.model, 10, 1, [5] * 10)
+    assert engine.no_decay_names(model) == {"head.classifier.log_scale"}
+    groups = engine.build_optimizer(model, cfg.train).param_groups
+    free = [g for g in groups if g["weight_decay"] == 0.0]
+    assert len(free) == 1 and free[0]["params"] == [model.head.classifier.log_scale]
+    assert groups[0]["weight_decay"] == cfg.train.weight_decay
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    fixed = build_model(tiny_cfg().model, 10, 1, [5] * 10)  # a fixed scale is a buffer
+    assert engine.no_decay_names(fixed) == set()

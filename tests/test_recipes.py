@@ -10,7 +10,7 @@ from reliability_helpers import kill_after_first_checkpoint
 
 from camlt import engine
 from camlt.checkpoint import load_checkpoint
-from camlt.config import ConfigError, load_config
+from camlt.config import ConfigError, diff, load_config
 from camlt.data.augment import STRONG, AugmentSettings, BatchPolicy, parse_augment
 from camlt.heads import LinearHead
 from camlt.losses import LOSSES, MixedTargets, build_loss
@@ -245,3 +245,35 @@ def test_weight_balancing_stage2_leaves_the_backbone_bit_identical(fmnist, tmp_p
     threshold = after["maxnorm"]["threshold"]
     assert threshold == pytest.approx(float(norms0.min() + 0.1 * (norms0.max() - norms0.min())))
     assert (w1.norm(dim=1) <= threshold * (1 + 1e-5)).all()
+
+
+# ----------------------------------------------------------------------------- the study
+def load_recipes():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("recipes")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_every_row_of_the_recipes_table_loads_and_changes_one_lever():
+    recipes = load_recipes()
+    names = [row.name for row in recipes.ROWS]
+    assert len(set(names)) == len(names)
+    assert set(recipes.FIRST) <= set(names)
+    base = load_config(RECIPE, ["model.head=linear"])
+    for row in recipes.ROWS:
+        extra = ["model.init_from=runs/stage1"] if row.depends else []
+        cfg = load_config(ROOT / row.config, row.overrides + extra)
+        assert cfg.data.name == "fmnist_lt" and cfg.data.order == "hard"
+        assert cfg.data.imbalance == 100 and cfg.model.backbone == "resnet32"
+        if row.depends:  # weight balancing's stage 2 on a stage-1 row of this table
+            assert cfg.stage2.method == "wb" and cfg.train.maxnorm == "step"
+            assert row.depends in names
+            continue
+        assert cfg.train.epochs == 30 and cfg.model.head == "linear"
+        changed = {d.split(":")[0] for d in diff(base, cfg)}
+        assert len(changed - {"data.balanced"}) <= 1, (row.name, changed)

@@ -37,6 +37,7 @@ from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
+from camlt.heads.base import NoWeightDecay
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.mixing import BatchMixer, MixSettings
@@ -112,10 +113,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """The parameters that modules declare free of weight decay (``no_weight_decay()``)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NoWeightDecay):
+            names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    return names
+
+
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on weights only, not on a learned output scale."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 0]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim == 0]
+    """SGD with momentum; weight decay on every trained parameter but those declared free of it."""
+    free = no_decay_names(model)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if n not in free]
+    no_decay = [p for n, p in trained if n in free]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

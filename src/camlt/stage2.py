@@ -114,6 +114,9 @@ class LWSHead(nn.Module):
             p.requires_grad_(False)
         self.scales = nn.Parameter(torch.ones(num_classes))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"scales"}
+
     def train(self, mode: bool = True) -> LWSHead:
         super().train(mode)
         self.base.eval()  # e.g. a CAMC head must not update its prototypes in stage 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -16,3 +17,13 @@ class HeadOutput:
     aux_weight: float = 0.0
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = None  # the pooled feature the classifier saw
+
+
+@runtime_checkable
+class NoWeightDecay(Protocol):
+    """A module whose named parameters take no weight decay (a learned output scale, per-class
+    logit scales): decay would only pull them toward 0, which is not a prior anyone wants."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of this module's own parameters, as ``named_parameters`` gives them."""
+        ...

@@ -30,6 +30,9 @@ class NormalizedClassifier(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
+    def no_weight_decay(self) -> set[str]:
+        return {"log_scale"} if isinstance(self.log_scale, nn.Parameter) else set()
+
     def unit_weight(self) -> torch.Tensor:
         return F.normalize(self.weight.float(), dim=1)
 
