@@ -126,3 +126,32 @@ def test_train_seconds_sums_the_epochs_of_every_sitting(tmp_path):
     lines = [{"epoch": 1, "epoch_s": 70.25}, {"epoch": 2, "epoch_s": 69.5, "overall": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert table.train_seconds(tmp_path) == 139.8
+
+
+def test_a_recipe_names_its_base_and_changes_only_what_differs(tmp_path):
+    from camlt.config import ConfigError, to_yaml
+
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.5\nmodel:\n  head: linear\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: ../base.yaml\ntrain:\n  lr: 0.05\n")
+    cfg = load_config(child)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.head) == (7, 0.05, "linear")
+    assert "\nbase:" not in to_yaml(cfg) and "epochs: 7" in to_yaml(cfg)  # the whole config
+    (tmp_path / "base.yaml").write_text("base: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="form a circle"):
+        load_config(child)
+    child.write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"child.yaml: base recipe nowhere.yaml not found"):
+        load_config(child)
+    child.write_text("base: [1, 2]\n")
+    with pytest.raises(ConfigError, match="expected the path of another recipe"):
+        load_config(child)
+
+
+def test_the_baseline_recipes_are_short():
+    """Each states its base and the keys that differ, no more."""
+    for path in sorted((ROOT / "configs" / "baselines").glob("*.yaml")):
+        keys = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
+        assert keys[0].startswith("base: "), path.name
+        assert len(keys) <= 5, path.name

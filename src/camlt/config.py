@@ -362,10 +362,47 @@ def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), tree)]
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The resolved configuration of a recipe with its overrides applied."""
-    path = Path(path)
+MAX_BASE_DEPTH = 8  # recipes on recipes: deeper than this is a mistake, not a design
+
+
+def read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe with its ``base:`` recipes under it: ``base: ../cifar10_lt.yaml`` (relative to
+    the file) loads that recipe first and lays this one's keys over it, section by section, so
+    a recipe states only what differs. A base may have a base; a circle is refused."""
+    real = path.resolve()
+    if real in chain:
+        names = " -> ".join(str(p) for p in (*chain, real))
+        raise ConfigError(f"{path}: its base recipes form a circle: {names}")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} base recipes deep")
     recipe = _read_yaml(path)
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base={base!r}: expected the path of another recipe")
+    base_path = (path.parent / base).expanduser()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base recipe {base} not found (looked for {base_path})")
+    under = read_recipe(base_path, (*chain, real))
+    return _lay_over(under, recipe)
+
+
+def _lay_over(under: dict, over: dict) -> dict:
+    """``over``'s keys on ``under``'s: sections merge key by key, values (lists too) replace."""
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _lay_over(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved configuration of a recipe (with its base recipes) and its overrides."""
+    path = Path(path)
+    recipe = read_recipe(path)
     cfg = merge(recipe, str(path))
     if overrides:
         parsed = parse_overrides(overrides)
