@@ -42,6 +42,7 @@ from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.mixing import BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
+from camlt.registry import Describes, EpochAware
 from camlt.regularize import MaxNorm, build_maxnorm
 from camlt.rundir import (
     BEST_CHECKPOINT,
@@ -155,9 +156,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per
 def call_epoch_hooks(epoch: int, *objects: object) -> None:
     """Tell every epoch-dependent part (loss, sampler, head) which epoch starts."""
     for obj in objects:
-        hook = getattr(obj, "set_epoch", None)
-        if callable(hook):
-            hook(epoch)
+        if isinstance(obj, EpochAware):
+            obj.set_epoch(epoch)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -378,9 +378,8 @@ def evaluate(run: Run, loader: object | None = None) -> dict:
     )
     logits = posthoc_adjust(logits, run.train_counts, run.cfg.loss.posthoc_tau)
     metrics = evaluate_predictions(logits, labels, run.train_counts)
-    describe = getattr(run.model.head, "describe", None)  # e.g. tau-norm states its tau
-    if callable(describe):
-        metrics.update(describe())
+    if isinstance(run.model.head, Describes):  # e.g. tau-norm states its tau
+        metrics.update(run.model.head.describe())
     return metrics
 
 

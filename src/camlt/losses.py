@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from camlt.registry import Registry
+
 
 # ----------------------------------------------------------------------------- class statistics
 def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
@@ -202,22 +204,21 @@ def _class_balanced(cfg: DictConfig, counts: Sequence[int]) -> WeightedLoss:
 
 LossFactory = Callable[[DictConfig, Sequence[int]], nn.Module]
 
-LOSSES: dict[str, LossFactory] = {
-    "ce": lambda cfg, counts: CrossEntropy(**_drw(cfg, counts)),
-    "focal": lambda cfg, counts: FocalLoss(cfg.focal_gamma, **_drw(cfg, counts)),
-    "cb": _class_balanced,
-    "ldam": lambda cfg, counts: LDAMLoss(
-        counts, cfg.ldam_max_margin, cfg.ldam_scale, **_drw(cfg, counts)
-    ),
-    "balanced_softmax": lambda cfg, counts: PriorShiftedCE(counts, 1.0, **_drw(cfg, counts)),
-    "logit_adjust": lambda cfg, counts: PriorShiftedCE(counts, cfg.la_tau, **_drw(cfg, counts)),
-}
+LOSSES: Registry[LossFactory] = Registry(
+    "loss.name",
+    {
+        "ce": lambda cfg, counts: CrossEntropy(**_drw(cfg, counts)),
+        "focal": lambda cfg, counts: FocalLoss(cfg.focal_gamma, **_drw(cfg, counts)),
+        "cb": _class_balanced,
+        "ldam": lambda cfg, counts: LDAMLoss(
+            counts, cfg.ldam_max_margin, cfg.ldam_scale, **_drw(cfg, counts)
+        ),
+        "balanced_softmax": lambda cfg, counts: PriorShiftedCE(counts, 1.0, **_drw(cfg, counts)),
+        "logit_adjust": lambda cfg, counts: PriorShiftedCE(counts, cfg.la_tau, **_drw(cfg, counts)),
+    },
+)
 
 
 def build_loss(loss_cfg: DictConfig, class_counts: Sequence[int]) -> nn.Module:
     """The loss ``loss_cfg.name`` names; class counts serve the re-weighting losses."""
-    if loss_cfg.name not in LOSSES:
-        raise ValueError(
-            f"loss.name='{loss_cfg.name}': unknown; expected one of {', '.join(LOSSES)}"
-        )
-    return LOSSES[loss_cfg.name](loss_cfg, class_counts)
+    return LOSSES.factory(loss_cfg.name)(loss_cfg, class_counts)

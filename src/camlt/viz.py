@@ -10,7 +10,6 @@ Drawing uses matplotlib's Agg canvas directly, so importing this never touches a
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from camlt.heads.base import MapsHead
 
 MAP_NAMES = ("raw_cam", "calibrated_cam", "correlation", "importance")
 MAP_TITLES = {
@@ -34,14 +35,6 @@ ALPHA = 0.5
 
 
 # ----------------------------------------------------------------------------- maps
-def _accepts(module: nn.Module, name: str) -> bool:
-    """Whether a head's forward takes a keyword (the CAMC head's ``return_maps``)."""
-    try:
-        return name in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def classifier_cam(
     head: nn.Module, fmap: torch.Tensor, classes: torch.Tensor
 ) -> torch.Tensor | None:
@@ -102,8 +95,8 @@ def compute_maps(
         classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
         head = map_head(model.head)
         base = None
-        if _accepts(head, "return_maps"):
-            out = head(fmap, return_maps=True, map_class=classes)
+        if isinstance(head, MapsHead):
+            out = head.maps(fmap, classes)
             maps = {name: out.maps.get(name) for name in MAP_NAMES}
             base = out.aux_logits
         else:

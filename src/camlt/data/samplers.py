@@ -17,11 +17,11 @@ before any repeats). Everything depends only on the generator, which the loader 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-SAMPLERS = ("instance", "class", "sqrt", "progressive")
+from camlt.registry import Registry
 
 
 def class_shares(counts: Sequence[int], power: float) -> torch.Tensor:
@@ -102,12 +102,15 @@ def build_sampler(
     name: str, labels: torch.Tensor, epochs: int, num_classes: int | None = None
 ) -> ClassAwareSampler | None:
     """The sampler ``data.sampler`` names; None for instance-balanced (the loader's own shuffle)."""
-    if name == "instance":
-        return None
-    if name == "class":
-        return PowerSampler(labels, 0.0, num_classes=num_classes)
-    if name == "sqrt":
-        return PowerSampler(labels, 0.5, num_classes=num_classes)
-    if name == "progressive":
-        return ProgressiveSampler(labels, epochs, num_classes=num_classes)
-    raise ValueError(f"data.sampler='{name}': unknown; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS.factory(name)(labels, epochs, num_classes)
+
+
+SAMPLERS: Registry[Callable[..., ClassAwareSampler | None]] = Registry(
+    "data.sampler",
+    {
+        "instance": lambda labels, epochs, k: None,
+        "class": lambda labels, epochs, k: PowerSampler(labels, 0.0, num_classes=k),
+        "sqrt": lambda labels, epochs, k: PowerSampler(labels, 0.5, num_classes=k),
+        "progressive": lambda labels, epochs, k: ProgressiveSampler(labels, epochs, num_classes=k),
+    },
+)

@@ -27,3 +27,13 @@ class NoWeightDecay(Protocol):
     def no_weight_decay(self) -> set[str]:
         """Names of this module's own parameters, as ``named_parameters`` gives them."""
         ...
+
+
+@runtime_checkable
+class MapsHead(Protocol):
+    """A head that computes its own maps (CAMC's raw and calibrated CAM, correlation,
+    importance); for any other head the raw CAM is computed from its classifier weights."""
+
+    def maps(self, fmap: torch.Tensor, classes: torch.Tensor) -> HeadOutput:
+        """The head's output with ``maps`` filled for each image's class in ``classes``."""
+        ...

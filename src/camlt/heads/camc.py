@@ -142,6 +142,10 @@ class CAMCHead(nn.Module):
         )
 
     # ------------------------------------------------------------------------- forward
+    def maps(self, fmap: torch.Tensor, classes: torch.Tensor) -> HeadOutput:
+        """The maps of ``classes`` (the MapsHead protocol that viz and the report use)."""
+        return self(fmap, return_maps=True, map_class=classes)
+
     def forward(
         self,
         F: torch.Tensor,

@@ -6,23 +6,18 @@ from collections.abc import Callable
 
 from torch import nn
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from camlt.registry import Registry
+
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("model.backbone")
 
 
 def register_backbone(name: str) -> Callable:
     """Decorator adding a factory ``(in_channels=..., **kwargs) -> nn.Module`` under ``name``."""
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone '{name}' registered twice")
-        _BACKBONES[name] = factory
-        return factory
-
-    return wrap
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES) + ["timm/<any timm CNN>"]
+    return sorted(BACKBONES) + ["timm/<any timm CNN>"]
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
@@ -31,8 +26,8 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
         from camlt.models.timm_backbone import TimmFeatures
 
         return TimmFeatures(name.removeprefix("timm/"), **kwargs)
-    if name not in _BACKBONES:
+    if name not in BACKBONES:
         raise ValueError(
             f"model.backbone='{name}': unknown; expected one of {', '.join(list_backbones())}"
         )
-    return _BACKBONES[name](**kwargs)
+    return BACKBONES[name](**kwargs)
