@@ -445,3 +445,22 @@ def test_too_few_images_for_a_test_split_names_the_real_fraction(tmp_path):
     )
     with pytest.raises(DataError, match=r"data.test_fraction=0.3, but no class has the 3 images"):
         build_sets(cfg)
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    from camlt import cli
+    from camlt.data import DataError
+
+    def user_error(args):
+        raise DataError("data.root=/x: Fashion-MNIST is not there")
+
+    def bug(args):
+        raise ValueError("an internal inconsistency")
+
+    recipe = str(ROOT / "configs" / "fmnist_lt.yaml")
+    monkeypatch.setattr(cli, "cmd_train", user_error)  # the parser binds it when main builds it
+    assert cli.main(["train", recipe]) == 2
+    assert capsys.readouterr().err == "camlt: error: data.root=/x: Fashion-MNIST is not there\n"
+    monkeypatch.setattr(cli, "cmd_train", bug)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        cli.main(["train", recipe])

@@ -22,13 +22,14 @@ import torch
 import yaml
 
 from camlt.config import ConfigError, load_yaml
+from camlt.errors import UserError
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0o022)  # read the process umask (os.umask can only read it by setting it)
 os.umask(_UMASK)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the run."""
 
 

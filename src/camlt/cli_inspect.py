@@ -10,13 +10,15 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from camlt.errors import UsageError
+
 
 def _require_matplotlib() -> None:
     """Name the missing optional dependency instead of failing mid-way with an ImportError."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise RuntimeError(
+        raise UsageError(
             "this command draws with matplotlib, which is not installed: "
             "pip install 'camlt[viz]' (or pip install matplotlib)"
         ) from None
@@ -78,7 +80,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     paths, missing = _images(args.images)
     labels = [loaded.class_index(label) for label in args.label or []]
     if len(labels) not in (0, 1, len(paths)):
-        raise ValueError(
+        raise UsageError(
             f"--label given {len(labels)} times for {len(paths)} images: give it once (for every "
             "image) or once per image, in order"
         )

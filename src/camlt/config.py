@@ -17,8 +17,10 @@ import yaml
 from omegaconf import II, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from camlt.errors import UsageError, UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A recipe or override that does not fit the schema."""
 
 
@@ -525,14 +527,14 @@ def parse_augment(value: str) -> tuple[str, ...]:
     steps = tuple(s.strip() for s in str(value).split("+"))
     unknown = [s for s in steps if s not in AUGMENTS]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
             f"from {', '.join(AUGMENTS)} (e.g. crop_flip+autoaugment+cutout)"
         )
     if "none" in steps and len(steps) > 1:
-        raise ValueError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
+        raise UsageError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
     if len(set(steps)) != len(steps):
-        raise ValueError(f"data.augment={value!r}: a step is named twice")
+        raise UsageError(f"data.augment={value!r}: a step is named twice")
     return () if steps == ("none",) else steps
 
 

@@ -18,13 +18,15 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import nn
 
+from camlt.errors import UsageError
+
 
 def resolve_device(name: str) -> torch.device:
     """``train.device`` (or ``--device``) as a device: auto is the GPU when one is visible."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+        raise UsageError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
     return torch.device(name)
 
 
@@ -55,7 +57,7 @@ def env_world() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)),
         )
     except ValueError as err:
-        raise RuntimeError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({err})") from None
+        raise UsageError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({err})") from None
 
 
 def setup(device: torch.device) -> DistInfo:
@@ -105,7 +107,7 @@ def sync_batchnorm(
     if not (enabled and info.distributed):
         return model
     if device.type != "cuda":
-        raise ValueError(
+        raise UsageError(
             f"train.sync_bn=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), "
             f"not {device.type}; set it false to let each process normalise its own share"
         )

@@ -37,6 +37,7 @@ from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
+from camlt.errors import UserError
 from camlt.heads.base import NoWeightDecay
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
@@ -73,7 +74,7 @@ RESUME_FREE_KEYS = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

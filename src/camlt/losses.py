@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.registry import Registry
 
 
@@ -24,7 +25,7 @@ def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
     """log of the training class frequencies n_c / N, the prior the adjustments remove."""
     counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
     if (counts <= 0).any():
-        raise ValueError(
+        raise UsageError(
             f"class counts must all be positive to form a prior, got {counts.tolist()}"
         )
     return (counts / counts.sum()).log().float()
@@ -199,7 +200,7 @@ def _class_balanced(cfg: DictConfig, counts: Sequence[int]) -> WeightedLoss:
         return FocalLoss(cfg.focal_gamma, **kwargs)
     if cfg.cb_base == "ce":
         return CrossEntropy(**kwargs)
-    raise ValueError(f"loss.cb_base='{cfg.cb_base}': unknown; expected one of ce, focal")
+    raise UsageError(f"loss.cb_base='{cfg.cb_base}': unknown; expected one of ce, focal")
 
 
 LossFactory = Callable[[DictConfig, Sequence[int]], nn.Module]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from camlt.errors import UsageError
 from camlt.losses import MixedTargets
 
 MIXES = ("none", "mixup", "cutmix", "remix")
@@ -77,7 +78,7 @@ class BatchMixer:
 
     def __init__(self, settings: MixSettings, class_counts: Sequence[int], seed: int) -> None:
         if settings.kind not in MIXES:
-            raise ValueError(f"train.mix='{settings.kind}': expected one of {', '.join(MIXES)}")
+            raise UsageError(f"train.mix='{settings.kind}': expected one of {', '.join(MIXES)}")
         self.settings = settings
         self.counts = torch.as_tensor(list(class_counts), dtype=torch.int64)
         self.seed = seed

@@ -32,6 +32,7 @@ from camlt.data.inputs import (
     normalise,
 )
 from camlt.distributed import resolve_device
+from camlt.errors import UsageError
 from camlt.losses import posthoc_adjust
 from camlt.models import LongTailClassifier, build_model
 from camlt.rundir import CONFIG_FILE, resolve, saved_config
@@ -59,7 +60,7 @@ class LoadedModel:
             return self.classes.index(name_or_index)
         if name_or_index.lstrip("-").isdigit() and 0 <= int(name_or_index) < len(self.classes):
             return int(name_or_index)
-        raise ValueError(
+        raise UsageError(
             f"unknown class '{name_or_index}'; expected a name or an index 0..{len(self.classes) - 1}"
             f": {', '.join(self.classes)}"
         )
@@ -171,7 +172,7 @@ def predict_files(
 ) -> list[Prediction]:
     """Top-k predictions of image files; undecodable files are reported and skipped."""
     if topk < 1:
-        raise ValueError(f"--topk {topk}: must be at least 1")
+        raise UsageError(f"--topk {topk}: must be at least 1")
     k = min(topk, len(loaded.classes))
     results = []
     for start in range(0, len(paths), batch_size):  # decode lazily, one batch in memory
@@ -212,7 +213,7 @@ def format_predictions(results: Sequence[Prediction], fmt: str) -> str:
                 writer.writerow([r.path, n + 1, c, name, f"{p:.6f}"])
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
-        raise ValueError(f"--format {fmt}: expected table, csv or json")
+        raise UsageError(f"--format {fmt}: expected table, csv or json")
     width = max([len("image")] + [len(r.path) for r in results])
     lines = [f"{'image':<{width}}  top predictions"]
     for r in results:

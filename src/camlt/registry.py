@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
+from camlt.errors import UsageError
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -35,7 +37,7 @@ class Registry(Mapping[str, F], Generic[F]):
     def factory(self, name: str) -> F:
         """The factory of ``name``; an unknown name lists the valid ones."""
         if name not in self._entries:
-            raise ValueError(
+            raise UsageError(
                 f"{self.key}='{name}': unknown; expected one of {', '.join(self.names())}"
             )
         return self._entries[name]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.heads import LinearHead
 
 RULE_SHARE = 0.1  # the rule's threshold: this share of the way from the shortest to the longest
@@ -49,7 +50,7 @@ class MaxNorm:
     def __init__(self, head: nn.Module, when: str, threshold: float | None) -> None:
         weight = class_weights(head)
         if weight is None:
-            raise ValueError(
+            raise UsageError(
                 f"train.maxnorm={when}: the head ({type(head).__name__}) has no linear classifier "
                 "whose class weight norms could be bounded; use model.head=linear"
             )

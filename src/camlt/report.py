@@ -19,6 +19,7 @@ import torch
 from camlt.checkpoint import atomic_write_text, read_jsonl
 from camlt.config import to_yaml
 from camlt.data.inputs import set_images
+from camlt.errors import UsageError
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
 from camlt.predict import LoadedModel, load_trained
 from camlt.rundir import METRICS_FILE
@@ -104,7 +105,7 @@ def load_run_data(run_dir: str | Path, name: str, out: Path, device: str, test_s
     if test_set is None:
         test_set = build_sets(loaded.cfg, verbose=False).test
     if list(test_set.classes) != loaded.classes:
-        raise ValueError(f"{run_dir}: its classes differ from the test set it is compared on")
+        raise UsageError(f"{run_dir}: its classes differ from the test set it is compared on")
     logits, labels = test_predictions(loaded, test_set, out / f"predictions_{name}.pt")
     metrics = evaluate_predictions(logits, labels, loaded.train_counts)
     history = read_jsonl(run_dir / METRICS_FILE)
@@ -382,7 +383,7 @@ def build_report(
         if base.loaded.cfg.data != run.loaded.cfg.data:
             from camlt.config import diff
 
-            raise ValueError(
+            raise UsageError(
                 f"--baseline {baseline}: trained on other data than {run_dir}: "
                 + "; ".join(diff(run.loaded.cfg.data, base.loaded.cfg.data, "data."))
             )

@@ -32,6 +32,7 @@ from torch import nn
 
 from camlt.checkpoint import CheckpointError, load_checkpoint
 from camlt.config import ConfigError, from_yaml_file
+from camlt.errors import UserError
 from camlt.heads import HeadOutput, LinearHead
 from camlt.metrics import evaluate_predictions
 from camlt.rundir import CHECKPOINT, CONFIG_FILE, FINAL_FILE
@@ -41,7 +42,7 @@ METHODS = ("crt", "taunorm", "lws", "posthoc", "wb")
 KEEP_HEAD = ("taunorm", "lws", "posthoc", "wb")
 
 
-class Stage2Error(ValueError):
+class Stage2Error(UserError, ValueError):
     """A stage-1 run directory that stage 2 cannot start from."""
 
 

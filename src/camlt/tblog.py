@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from camlt.errors import UsageError
 from camlt.losses import posthoc_adjust
 from camlt.metrics import GROUP_COLUMNS, frequency_thirds
 
@@ -65,7 +66,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RuntimeError(
+            raise UsageError(
                 "train.tensorboard=true needs the tensorboard package: pip install 'camlt[viz]'"
             ) from None
 

@@ -18,6 +18,7 @@ from PIL import Image
 from camlt.data.owndata import read_csv_list, read_image_folder
 from camlt.data.paths import resolve_paths
 from camlt.data.splitfile import SplitList, read_split_file
+from camlt.errors import UsageError
 from camlt.metrics import FEW_BELOW, MANY_ABOVE, shot_groups
 
 HISTOGRAM_BINS = (1, 2, 5, 10, 20, 50, 101, 201, 501, 1001)  # lower edges of images-per-class bins
@@ -69,7 +70,7 @@ def check(
     labels = entries.labels
     if len(labels) and labels.min() < 0:
         bad = int(np.flatnonzero(labels < 0)[0])
-        raise ValueError(f"{entries.source}:{entries.lines[bad]}: negative label {labels[bad]}")
+        raise UsageError(f"{entries.source}:{entries.lines[bad]}: negative label {labels[bad]}")
     num_classes = len(entries.classes) if entries.classes else int(labels.max()) + 1
     counts = np.bincount(labels, minlength=num_classes)
     present = counts[counts > 0]

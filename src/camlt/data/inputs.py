@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from camlt.data.sources import DataError
+from camlt.errors import UsageError
 
 # Every suffix read as an image: by image folders, by `camlt predict` on a folder, by data check.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -123,10 +124,10 @@ def decode(path: Path, spec: InputSpec) -> torch.Tensor:
             image.load()
             return to_input(image, spec)
     except DataError as err:
-        raise ValueError(str(err)) from None
+        raise UsageError(str(err)) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: cannot decode image ({reason})") from None
+        raise UsageError(f"{path}: cannot decode image ({reason})") from None
 
 
 def normalise(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -36,6 +36,7 @@ from camlt.data.paths import resolve_paths
 from camlt.data.sources import DataError
 from camlt.data.splitfile import SplitList, apply_label_map, check_labels, read_split_file
 from camlt.data.tensors import BatchLoader, Sampler, TensorImageSet
+from camlt.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def build_loaders(
     padding, so gathering every process's predictions counts each image once.
     """
     if cfg.train.batch_size % world:
-        raise ValueError(
+        raise UsageError(
             f"train.batch_size={cfg.train.batch_size} is the global batch and must divide "
             f"evenly over {world} processes"
         )
@@ -177,7 +178,7 @@ def build_loaders(
             )  # fmt: skip
 
     if len(train) == 0:
-        raise ValueError(
+        raise UsageError(
             f"train.batch_size={cfg.train.batch_size} exceeds the {len(sets.train)} training images"
         )
     return Loaders(

@@ -6,15 +6,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from camlt.errors import UsageError
+
 
 def profile_counts(
     num_classes: int, n_max: int, imbalance: float, profile: str = "exp"
 ) -> list[int]:
     """Images kept per rank: ``int(n_max * IF ** (-i / (C - 1)))`` or the two-level step."""
     if imbalance < 1:
-        raise ValueError(f"imbalance factor {imbalance} is below 1 (it is n_max / n_min)")
+        raise UsageError(f"imbalance factor {imbalance} is below 1 (it is n_max / n_min)")
     if num_classes < 1 or n_max < 1:
-        raise ValueError(f"need at least one class and one image (got {num_classes}, {n_max})")
+        raise UsageError(f"need at least one class and one image (got {num_classes}, {n_max})")
     if profile == "exp":
         if num_classes == 1:
             return [n_max]
@@ -22,7 +24,7 @@ def profile_counts(
     if profile == "step":
         half = num_classes // 2
         return [n_max] * half + [int(n_max / imbalance)] * (num_classes - half)
-    raise ValueError(f"unknown long-tail profile '{profile}': expected exp or step")
+    raise UsageError(f"unknown long-tail profile '{profile}': expected exp or step")
 
 
 def select_indices(labels: np.ndarray, counts_by_class: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -37,11 +39,11 @@ def select_indices(labels: np.ndarray, counts_by_class: Sequence[int], seed: int
     for cls, wanted in enumerate(counts_by_class):
         pool = np.flatnonzero(labels == cls)
         if wanted > len(pool):
-            raise ValueError(
+            raise UsageError(
                 f"class {cls} has {len(pool)} images but the profile asks for {wanted}"
             )
         if wanted < 1:
-            raise ValueError(f"class {cls} would keep no image: raise n_max or lower imbalance")
+            raise UsageError(f"class {cls} would keep no image: raise n_max or lower imbalance")
         chosen.append(rng.permutation(pool)[:wanted])
     return np.sort(np.concatenate(chosen))
 
@@ -51,7 +53,7 @@ def counts_for_order(
 ) -> list[int]:
     """Per-class counts (in class-index order) when rank r of the profile goes to class order[r]."""
     if sorted(order) != list(range(num_classes)):
-        raise ValueError(f"class order {list(order)} is not a permutation of 0..{num_classes - 1}")
+        raise UsageError(f"class order {list(order)} is not a permutation of 0..{num_classes - 1}")
     by_rank = profile_counts(num_classes, n_max, imbalance, profile)
     counts = [0] * num_classes
     for rank, cls in enumerate(order):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from camlt.errors import UsageError
 from camlt.registry import Registry
 
 
@@ -53,7 +54,7 @@ class ClassAwareSampler:
         self.members = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
         empty = [c for c, m in enumerate(self.members) if len(m) == 0]
         if empty:
-            raise ValueError(f"sampler: classes {empty} have no training image")
+            raise UsageError(f"sampler: classes {empty} have no training image")
         self.counts = [len(m) for m in self.members]
         self.num_samples = num_samples or len(self.labels)
 

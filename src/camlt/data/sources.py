@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from camlt.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """A dataset that is missing, truncated or not in the expected format."""
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as nnf
 from omegaconf import DictConfig
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.heads.base import HeadOutput
 from camlt.heads.normalized import NormalizedClassifier
 
@@ -257,7 +258,7 @@ class CAMCHead(nn.Module):
         use_target = self.guide == "target" and self.training and targets is not None
         if self.guide == "balanced":
             if self.log_prior is None:
-                raise ValueError("guide='balanced' needs the training class counts (class_counts)")
+                raise UsageError("guide='balanced' needs the training class counts (class_counts)")
             z0 = z0 - self.log_prior
         if ranking_only:  # variant=class: the k classes to reinforce, the label among them
             idx = z0.topk(self.k, dim=1).indices
@@ -357,21 +358,21 @@ def _cos(f: torch.Tensor, W_hat: torch.Tensor) -> torch.Tensor:
 def _check_options(variant, guide, tau, k, mu, use_cam, use_corr, num_classes, counts) -> None:
     """Refuse option values the head cannot run with, naming the config key."""
     if variant not in VARIANTS:
-        raise ValueError(f"model.camc.variant={variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise UsageError(f"model.camc.variant={variant!r}: expected one of {', '.join(VARIANTS)}")
     if guide not in GUIDES:
-        raise ValueError(f"model.camc.guide={guide!r}: expected one of {', '.join(GUIDES)}")
+        raise UsageError(f"model.camc.guide={guide!r}: expected one of {', '.join(GUIDES)}")
     if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"model.camc.tau={tau}: must be a positive number")
+        raise UsageError(f"model.camc.tau={tau}: must be a positive number")
     if k < 1:
-        raise ValueError(f"model.camc.k={k}: must be >= 1")
+        raise UsageError(f"model.camc.k={k}: must be >= 1")
     if not 0 <= mu < 1:
-        raise ValueError(f"model.camc.mu={mu}: must be in [0, 1)")
+        raise UsageError(f"model.camc.mu={mu}: must be in [0, 1)")
     if not (use_cam or use_corr):
-        raise ValueError(
+        raise UsageError(
             "model.camc.use_cam and model.camc.use_corr are both false: the importance map "
             "needs at least one; for the plain head use model.head=normalized (or alpha=0)"
         )
     if guide == "balanced" and counts is None:
-        raise ValueError("model.camc.guide=balanced needs the training class counts")
+        raise UsageError("model.camc.guide=balanced needs the training class counts")
     if counts is not None and len(counts) != num_classes:
-        raise ValueError(f"class_counts has {len(counts)} entries for {num_classes} classes")
+        raise UsageError(f"class_counts has {len(counts)} entries for {num_classes} classes")

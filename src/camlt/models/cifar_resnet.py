@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.models.registry import register_backbone
 
 
@@ -43,7 +44,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -65,7 +66,7 @@ class CifarResNet(nn.Module):
 def _cifar(depth: int):
     def factory(in_channels: int = 3, pretrained: str | None = None) -> CifarResNet:
         if pretrained:
-            raise ValueError("CIFAR ResNets have no pretrained weights; unset model.pretrained")
+            raise UsageError("CIFAR ResNets have no pretrained weights; unset model.pretrained")
         return CifarResNet(depth, in_channels)
 
     return factory

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.registry import Registry
 
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("model.backbone")
@@ -27,7 +28,7 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
 
         return TimmFeatures(name.removeprefix("timm/"), **kwargs)
     if name not in BACKBONES:
-        raise ValueError(
+        raise UsageError(
             f"model.backbone='{name}': unknown; expected one of {', '.join(list_backbones())}"
         )
     return BACKBONES[name](**kwargs)

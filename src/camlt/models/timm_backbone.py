@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from camlt.errors import UsageError
+
 
 class TimmFeatures(nn.Module):
     """A timm model without pooling and classifier; timm is an optional dependency."""
@@ -29,7 +31,7 @@ class TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.net.forward_features(x)
         if features.dim() != 4:
-            raise ValueError(
+            raise UsageError(
                 f"timm model returns {features.dim()}-d features; CAMC needs a CNN map"
             )
         return features

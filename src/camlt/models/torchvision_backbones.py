@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camlt.errors import UsageError
 from camlt.models.registry import register_backbone
 
 TORCHVISION_NAMES = (
@@ -63,7 +64,7 @@ def load_pretrained(net: nn.Module, path: str) -> None:
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(
+        raise UsageError(
             f"{file}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
 
