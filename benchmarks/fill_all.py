@@ -1,38 +1,45 @@
 """Fill every results table from one queue: the runs that matter most first, ``--jobs`` at a time,
-none started that the time budget would cut short. Made for a lent GPU's few minutes; works on
-any machine.
+none started that the time budget would cut short. Made for a lent GPU's few minutes; the same
+code path serves a laptop and a SLURM cluster (submitit's local executor, or a job array).
 
     python benchmarks/fill_all.py --dry-run              # the queue, in order, and nothing else
     python benchmarks/fill_all.py --jobs 8 --budget-s 500
+    python benchmarks/fill_all.py --cluster slurm --partition gpu --gpus-per-node 1 --time 240
 
 A (row, seed) that several tables list is trained once and kept in each of them. Each finished run
-is saved as it finishes; at the end of the budget the runs still going are stopped (a killed run
-resumes from its last checkpoint when the table is filled again on the same disk). Afterwards every
-table's markdown and README block are rebuilt.
+is saved as it finishes; at the end of the budget the runs still going are cancelled (a cancelled
+run resumes from its last checkpoint when the table is filled again on the same disk). Afterwards
+every table's markdown and README block are rebuilt.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ablation
 import baselines
+import cloudpickle
 import foundation_table
 import full_recipe
 import recipes
 import table
 from table import Row
 
+from camlt import cluster
 from camlt.config import COMPILE_MODES, load_config
 from camlt.rundir import CHECKPOINT
+
+if TYPE_CHECKING:
+    import submitit
 
 TABLES = {
     "foundation": foundation_table.ROWS,
@@ -71,6 +78,7 @@ FIRST = [
 ]
 
 
+LOCAL_HINT = "fill the tables on this machine with --cluster local"
 # Only runs of at least this cost set the pace: a post-hoc stage 2 (cost 1) is all start-up.
 MIN_PACE_COST = 10
 
@@ -142,32 +150,71 @@ def without_stage1(queue: list[Task], runs_dir: Path) -> list[Task]:
 @dataclass
 class Running:
     task: Task
-    proc: subprocess.Popen
+    job: submitit.Job
     start: float
 
 
-def start(task: Task, runs_dir: Path, extra: list[str], threads: int) -> Running:
-    """Launch one run in its own process group (so a deadline stops all of it)."""
-    cmd = table.train_command(task.row, task.seed, runs_dir, extra)
-    log_path = table.log_path(task.row, task.seed, runs_dir)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print("+", " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Running(task, proc, time.time())
+def job_of(
+    task: Task, runs_dir: Path, extra: list[str], threads: int, kind: str
+) -> cluster.CommandJob:
+    """The submitit job of one run: its ``camlt train`` command, output in ``<run dir>.log``.
+
+    A cluster job also names the machine it ran on (the GPU is the node's, not this one's).
+    """
+    after = None
+    if kind != "local":
+        cloudpickle.register_pickle_by_value(table)  # the node runs table.machine_of unimported
+        run_dir = table.run_dir_of(task.row.name, task.seed, runs_dir)
+        after = functools.partial(table.machine_of, run_dir, threads)
+    return cluster.CommandJob(
+        table.train_command(task.row, task.seed, runs_dir, extra),
+        table.log_path(task.row, task.seed, runs_dir),
+        threads or None,
+        cluster.job_env(kind, cluster.Resources()),
+        after,
+    )
+
+
+def start(
+    tasks: list[Task], ex: submitit.Executor, runs_dir: Path, extra: list[str], threads: int
+) -> list[Running]:
+    """Submit runs together: one SLURM job array, or one local job each."""
+    kind = cluster.kind_of(ex)
+    jobs = [job_of(task, runs_dir, extra, threads, kind) for task in tasks]
+    for job in jobs:
+        print("+", " ".join(job.command), flush=True)
+    submitted = cluster.submit(ex, jobs, [" ".join(job.command) for job in jobs], LOCAL_HINT)
+    now = time.time()
+    for task, job in zip(tasks, submitted, strict=True):
+        log = table.log_path(task.row, task.seed, runs_dir)
+        print(f"  {task.key}: job {job.job_id}, output in {log}", flush=True)
+    return [Running(task, job, now) for task, job in zip(tasks, submitted, strict=True)]
 
 
 def stop(run: Running) -> None:
     """End a run that the budget cut short; its last checkpoint stays for a later resume."""
+    cluster.cancel(run.job)
+
+
+def keep(
+    run: Running,
+    known: dict | None,
+    results: dict[str, dict],
+    runs_dir: Path,
+    extra: list[str],
+    threads: int,
+) -> bool:
+    """Save a finished run's result in every table that lists it; False (and why) if it failed."""
+    key, wall = run.task.key, time.time() - run.start
     try:
-        os.killpg(run.proc.pid, signal.SIGTERM)
-        run.proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(run.proc.pid, signal.SIGKILL)
-        run.proc.wait()
+        machine_name = cluster.outcome(run.job, known)
+    except cluster.JobFailed as err:
+        print(f"FAILED {key}: {err}", flush=True)
+        return False
+    entry = table.collect(run.task.row, run.task.seed, runs_dir, extra, wall, threads, machine_name)
+    for name in run.task.tables:
+        table.save_result(table.RESULTS / f"{name}.json", results[name], key, entry)
+    return True
 
 
 def blocked(task: Task, lost: set[str]) -> bool:
@@ -183,73 +230,105 @@ def fill_queue(
     queue: list[Task],
     results: dict[str, dict],
     runs_dir: Path,
-    jobs: int,
+    jobs: float,
     budget_s: float,
     extra: tuple[str, ...] = (),
+    ex: submitit.Executor | None = None,
+    threads: int | None = None,
+    poll_s: float = 0.5,
 ) -> dict[str, list[str]]:
     """Run the queue until it is empty or the budget is spent; save each result as it comes.
 
-    A task is skipped when the seconds per LT epoch measured so far say it would not finish.
-    ``extra`` overrides go to every run (settings that leave the recipe alone, e.g. train.amp).
+    ``jobs`` runs are in flight at a time, through ``ex`` (default: submitit's local executor,
+    with cores/jobs ``threads`` each). A task is skipped when the seconds per LT epoch measured
+    so far say it would not finish. ``extra`` overrides go to every run (settings that leave the
+    recipe alone, e.g. train.amp).
     """
     extra = list(extra)
     begin = time.time()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if threads is None:  # local runs share this machine's cores
+        threads = int(max(1, (os.cpu_count() or 1) // jobs))
+    ex = ex or cluster.executor("local", runs_dir / "submitit", cluster.Resources())
     done = {key for kept in results.values() for key in kept}
     outcome: dict[str, list[str]] = {"finished": [], "failed": [], "skipped": [], "stopped": []}
     rates: list[float] = []  # seconds per cost unit of the runs finished here
     running: list[Running] = []
     pending = list(queue)
-    while pending or running:
-        for run in [r for r in running if r.proc.poll() is not None]:
-            running.remove(run)
-            key, wall = run.task.key, time.time() - run.start
-            if run.proc.returncode:
-                outcome["failed"].append(key)
-                print(f"FAILED {key} (exit {run.proc.returncode}); see its .log", flush=True)
-                continue
-            entry = table.collect(run.task.row, run.task.seed, runs_dir, extra, wall, threads)
-            for name in run.task.tables:
-                table.save_result(table.RESULTS / f"{name}.json", results[name], key, entry)
-            done.add(key)
-            if run.task.cost >= MIN_PACE_COST:
-                rates.append(wall / run.task.cost)
-            outcome["finished"].append(key)
-            print(f"done {key} in {wall:.0f} s", flush=True)
-        left = begin + budget_s - time.time()
-        if len(outcome["failed"]) >= 3 and not outcome["finished"]:
-            print("the first runs all failed: stopping the queue (see their .log)", flush=True)
-            left = 0
-        if left <= 0:
-            for run in running:
-                stop(run)
-                outcome["stopped"].append(run.task.key)
-            running.clear()
-            break
-        lost = {k for kind in ("failed", "skipped", "stopped") for k in outcome[kind]}
-        for task in [t for t in pending if blocked(t, lost)]:
-            pending.remove(task)
-            outcome["skipped"].append(task.key)
-        for task in [t for t in pending if ready(t, done)]:
-            if len(running) >= jobs:
+    try:
+        while pending or running:
+            known = cluster.states([r.job for r in running])
+            for run in [r for r in running if cluster.finished(r.job, known)]:
+                running.remove(run)
+                key, wall = run.task.key, time.time() - run.start
+                if not keep(run, known, results, runs_dir, extra, threads):
+                    outcome["failed"].append(key)
+                    continue
+                done.add(key)
+                if run.task.cost >= MIN_PACE_COST:
+                    rates.append(wall / run.task.cost)
+                outcome["finished"].append(key)
+                print(f"done {key} in {wall:.0f} s", flush=True)
+            left = begin + budget_s - time.time()
+            if len(outcome["failed"]) >= 3 and not outcome["finished"]:
+                print("the first runs all failed: stopping the queue (see their logs)", flush=True)
+                left = 0
+            if left <= 0:
+                for run in running:
+                    stop(run)
+                    outcome["stopped"].append(run.task.key)
+                running.clear()
                 break
-            if rates and statistics.median(rates) * task.cost > left:
+            lost = {k for kind in ("failed", "skipped", "stopped") for k in outcome[kind]}
+            for task in [t for t in pending if blocked(t, lost)]:
                 pending.remove(task)
                 outcome["skipped"].append(task.key)
-                continue
-            pending.remove(task)
-            running.append(start(task, runs_dir, extra, threads))
-        if not running and pending and not any(ready(t, done) for t in pending):
-            outcome["skipped"] += [t.key for t in pending]  # waiting on nothing that can come
-            break
-        time.sleep(0.5)
+            batch: list[Task] = []
+            for task in [t for t in pending if ready(t, done)]:
+                if len(running) + len(batch) >= jobs:
+                    break
+                pending.remove(task)
+                if rates and statistics.median(rates) * task.cost > left:
+                    outcome["skipped"].append(task.key)
+                    continue
+                batch.append(task)
+            if batch:
+                running += start(batch, ex, runs_dir, extra, threads)
+            if not running and pending and not any(ready(t, done) for t in pending):
+                outcome["skipped"] += [t.key for t in pending]  # waiting on nothing that can come
+                break
+            time.sleep(poll_s)
+    except BaseException:  # Ctrl-C or an error: local runs end with the driver, cluster jobs go on
+        for run in running:
+            if not cluster.is_slurm(run.job):
+                stop(run)
+        raise
     outcome["skipped"] += [t.key for t in pending if t.key not in outcome["skipped"]]
     return outcome
 
 
+def executor_of(args: argparse.Namespace) -> tuple[submitit.Executor, int]:
+    """The executor of ``--cluster`` and the threads each run gets (0: SLURM's cores, untold)."""
+    if args.cluster == "local":
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        res = cluster.Resources(name="camlt-table", timeout_min=args.timeout_min)
+    else:
+        if args.gpus_per_node > 1:
+            raise cluster.ClusterError(
+                f"--gpus-per-node {args.gpus_per_node}: each table run is one process on one GPU"
+            )
+        threads = args.cpus_per_task or 0
+        res = replace(cluster.resources_from(args), tasks_per_node=1, name="camlt-table")
+    folder = args.folder or args.runs_dir / "submitit"
+    return cluster.executor(args.cluster, folder, res, LOCAL_HINT), threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at a time (default 1 here, each with cores/jobs threads; on SLURM no limit)",
+    )
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="seconds to spend")
     parser.add_argument("--runs-dir", type=Path, default=table.ROOT / "runs/benchmarks/recipe")
     parser.add_argument(
@@ -270,7 +349,15 @@ def main() -> None:
         "cost 201, the ceiling 146, a 30-epoch row 31)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the queue and stop")
+    parser.add_argument(
+        "--cluster",
+        choices=cluster.KINDS,
+        default="local",
+        help="where the runs go: this machine, or a SLURM job array (docs/cluster.md)",
+    )
+    cluster.add_resource_arguments(parser, tasks=False)
     args = parser.parse_args()
+    args.jobs = args.jobs or (1 if args.cluster == "local" else float("inf"))
     results = {name: table.load(table.RESULTS / f"{name}.json") for name in TABLES}
     queue = build_queue(TABLES, FIRST, results)
     too_long = [t.key for t in queue if t.cost > args.max_cost]
@@ -291,7 +378,13 @@ def main() -> None:
             table.atomic_write_json(table.RESULTS / f"{name}.json", kept)
     extra = [f"train.amp={args.amp}"] if args.amp else []
     extra += [f"train.compile={args.compile}"] if args.compile else []
-    outcome = fill_queue(queue, results, args.runs_dir, args.jobs, args.budget_s, extra)
+    try:
+        ex, threads = executor_of(args)
+        outcome = fill_queue(
+            queue, results, args.runs_dir, args.jobs, args.budget_s, extra, ex, threads
+        )
+    except cluster.ClusterError as err:
+        raise SystemExit(f"fill_all: {err}") from None
     for kind, keys in outcome.items():
         print(
             f"{kind}: {len(keys)}"

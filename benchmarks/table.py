@@ -149,10 +149,23 @@ def train_command(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> list
     ]
 
 
+def machine_of(run_dir: Path, threads: int) -> str:
+    """``machine`` for a finished run, where it ran: a cluster job calls it on its node."""
+    final = json.loads((run_dir / FINAL_FILE).read_text())
+    return machine(final.get("config", {}).get("train", {}).get("device", "auto"), threads)
+
+
 def collect(
-    row: Row, seed: int, runs_dir: Path, extra: list[str], wall_s: float, threads: int
+    row: Row,
+    seed: int,
+    runs_dir: Path,
+    extra: list[str],
+    wall_s: float,
+    threads: int,
+    machine_name: str | None = None,
 ) -> dict:
-    """The kept result of a finished (row, seed): its final metrics and where they came from."""
+    """The kept result of a finished (row, seed): its final metrics and where they came from
+    (``machine_name``: ``machine_of`` as the job's node told it; default this machine)."""
     run_dir = run_dir_of(row.name, seed, runs_dir)
     final = json.loads((run_dir / FINAL_FILE).read_text())
     return {
@@ -164,10 +177,7 @@ def collect(
         "seed": seed,
         "row": row.name,
         "overrides": row.overrides + row_extra(row, seed, runs_dir, extra),
-        "machine": machine(
-            final.get("config", {}).get("train", {}).get("device", "auto"),
-            threads or torch.get_num_threads(),
-        ),
+        "machine": machine_name or machine_of(run_dir, threads or torch.get_num_threads()),
         "torch": torch.__version__,
         "wall_s": round(wall_s, 1),  # this call's time, evaluation included
         "train_s": train_seconds(run_dir),

@@ -1,10 +1,15 @@
 """The cross-table queue: what it runs, in which order, and what a time budget stops or skips."""
 
+import argparse
 import json
+import os
 import sys
 import threading
 
+import pytest
 from conftest import ROOT
+
+from camlt import cluster
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import fill_all  # noqa: E402
@@ -152,3 +157,17 @@ def test_a_balanced_run_has_no_tail_of_its_own(tmp_path, monkeypatch):
     text = table.render("a", [CE], "t")
     assert "| CE | 0 | 90.0 | 90.0 | - | - | - | - | - | - |" in text
     assert "no head, middle, tail or rarest classes" in text
+
+
+def test_the_command_line_picks_the_executor_and_each_runs_threads(tmp_path):
+    options = dict.fromkeys(("timeout_min", "folder", "cpus_per_task", "mem_gb", "partition"))
+    options |= dict.fromkeys(("account", "qos", "constraint"))
+    args = argparse.Namespace(
+        cluster="local", jobs=2, runs_dir=tmp_path, gpus_per_node=0, **options
+    )
+    ex, threads = fill_all.executor_of(args)
+    assert cluster.kind_of(ex) == "local" and threads == max(1, (os.cpu_count() or 1) // 2)
+    assert ex.folder.parent == tmp_path / "submitit"  # a folder per session (local job ids)
+    args.cluster, args.gpus_per_node = "slurm", 2
+    with pytest.raises(cluster.ClusterError, match="each table run is one process on one GPU"):
+        fill_all.executor_of(args)

@@ -366,7 +366,7 @@ def test_a_damaged_checkpoint_is_named_by_entry_from_eval_predict_and_resume(
 
 
 def test_a_run_whose_checkpoint_is_gone_is_refused_and_loses_nothing(finished_run, tmp_path):
-    from camlt.checkpoint import CheckpointError
+    from camlt.checkpoint import CheckpointError, atomic_write_text
     from camlt.engine import train
 
     run_dir = tmp_path / "run"
@@ -376,6 +376,11 @@ def test_a_run_whose_checkpoint_is_gone_is_refused_and_loses_nothing(finished_ru
     with pytest.raises(CheckpointError, match=r"1 epochs logged\) but no checkpoint.pt"):
         train(load_config(run_dir / "config.yaml"), run_dir, resume=True)
     assert {n: (run_dir / n).read_bytes() for n in before} == before
+    # killed between epoch 1's metrics line and its first checkpoint: it starts again
+    (run_dir / "final_metrics.json").unlink()
+    atomic_write_text(run_dir / "metrics.jsonl", before["metrics.jsonl"].decode())
+    train(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "final_metrics.json").is_file()
 
 
 class Thing:

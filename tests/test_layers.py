@@ -20,12 +20,14 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.metrics",
             "camlt.distributed",
             "camlt.compat",
+            "camlt.registry",
+            "camlt.errors",
         )
     },  # fmt: skip
     {"data and models": ("camlt.data", "camlt.heads", "camlt.models", "camlt.losses")},
     {"methods": ("camlt.mixing", "camlt.regularize", "camlt.stage2", "camlt.viz")},
     {"training": ("camlt.engine", "camlt.tblog"), "inference": ("camlt.predict",)},
-    {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cli")},
+    {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.cli")},
 ]
 
 

@@ -10,20 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from camlt import __version__
-from camlt.checkpoint import CheckpointError, atomic_write_json
+from camlt.checkpoint import atomic_write_json
 from camlt.cli_inspect import add_inspection_commands
+from camlt.cluster import add_resource_arguments
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
-from camlt.data import DataError
+from camlt.errors import UserError
 from camlt.rundir import CONFIG_FILE, EVAL_FILE
 
+# What is printed as one line: errors a user can fix, and the system's (a missing file, a full
+# disk). Anything else is a bug in camlt and shows its traceback.
 EXPECTED_ERRORS = (
-    ConfigError,
-    DataError,
-    CheckpointError,
-    ValueError,
-    FileNotFoundError,
-    OSError,  # e.g. a full disk while writing config.yaml: a message, not a traceback
-    RuntimeError,
+    UserError,
+    OSError,  # FileNotFoundError; a full disk while writing config.yaml
 )
 
 
@@ -45,6 +43,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, run_dir = _resolve_train_target(args.config, args.overrides)
     print(f"run directory: {run_dir}", flush=True)
     train(cfg, run_dir, resume=args.resume or Path(args.config).is_dir())
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``camlt train`` as a submitit job: the same config and run directory, on SLURM or here."""
+    from camlt import cluster
+
+    cfg, run_dir = _resolve_train_target(args.config, args.overrides)
+    print(f"run directory: {run_dir}", flush=True)
+    kind = "local" if args.local else "slurm"
+    res = cluster.resources_from(args)
+    resume = args.resume or Path(args.config).is_dir()
+    command = " ".join(["camlt train", args.config, *args.overrides, *(["--resume"] * resume)])
+    job = cluster.submit_train(cfg, run_dir, resume, kind, res, command, args.folder)
+    print(cluster.describe(job, kind, res), flush=True)
+    if args.wait or args.local:
+        metrics = cluster.wait(job)
+        print(f"job {job.job_id} finished: test top-1 {100 * metrics['overall']:.2f}")
     return 0
 
 
@@ -121,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run from its last checkpoint"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "submit", help="train on a SLURM cluster (or here, --local) through submitit"
+    )
+    p.add_argument("config", help="recipe file (configs/*.yaml) or a run directory to resume")
+    p.add_argument("overrides", nargs="*", help="key=value, as for camlt train")
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
+    p.add_argument("--local", action="store_true", help="run here (submitit's local executor)")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (--local does)")
+    add_resource_arguments(p)
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on the test split")
     p.add_argument("target", help="run directory or checkpoint file")

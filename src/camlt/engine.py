@@ -474,12 +474,18 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
 
 def refuse_lost_checkpoint(run_dir: Path) -> None:
     """A run whose results are on disk but whose checkpoint is gone cannot be resumed: starting
-    again from epoch 1 would overwrite its metrics and final results without a word."""
+    again from epoch 1 would overwrite its metrics and final results without a word.
+
+    One logged epoch and no checkpoint is a run killed between the first epoch's two writes
+    (the metrics line goes first, so a resume can always cut the log back to its checkpoint):
+    that run starts again and writes the same line anew, so nothing is lost.
+    """
     if (run_dir / CHECKPOINT).exists():
         return
-    kept = [name for name in (METRICS_FILE, FINAL_FILE) if (run_dir / name).is_file()]
-    epochs = len(read_jsonl(run_dir / METRICS_FILE)) if METRICS_FILE in kept else 0
-    if kept:
+    epochs = len(read_jsonl(run_dir / METRICS_FILE)) if (run_dir / METRICS_FILE).is_file() else 0
+    finished = (run_dir / FINAL_FILE).is_file()
+    if finished or epochs > 1:
+        kept = [n for n, there in ((METRICS_FILE, epochs), (FINAL_FILE, finished)) if there]
         raise CheckpointError(
             f"{run_dir} holds {', '.join(kept)} ({epochs} epochs logged) but no {CHECKPOINT}: it "
             "cannot be resumed, and starting again would overwrite them. Restore the checkpoint, "
