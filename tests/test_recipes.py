@@ -277,3 +277,11 @@ def test_every_row_of_the_recipes_table_loads_and_changes_one_lever():
         assert cfg.train.epochs == 30 and cfg.model.head == "linear"
         changed = {d.split(":")[0] for d in diff(base, cfg)}
         assert len(changed - {"data.balanced"}) <= 1, (row.name, changed)
+
+
+@pytest.mark.parametrize("name", ["fmnist_lt", "cifar10_lt", "cifar100_lt"])
+def test_the_strong_recipes_are_their_dataset_recipe_with_the_best_measured_changes(name):
+    strong = load_config(ROOT / "configs" / f"{name}_strong.yaml")
+    plain = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert {d.split(":")[0] for d in diff(plain, strong)} == {"loss.name"}
+    assert strong.loss.name == "balanced_softmax" and strong.model.head == "normalized"
