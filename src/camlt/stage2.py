@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,13 +32,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from camlt.checkpoint import CheckpointError, load_checkpoint
-from camlt.config import ConfigError, from_yaml_file
+from camlt.config import from_yaml_file
 from camlt.errors import UserError
 from camlt.heads import HeadOutput, LinearHead
 from camlt.metrics import evaluate_predictions
+from camlt.registry import Registry
 from camlt.rundir import CHECKPOINT, CONFIG_FILE, FINAL_FILE
 
-METHODS = ("crt", "taunorm", "lws", "posthoc", "wb")
 # Methods whose classifier is the stage-1 classifier (so model.head must match stage 1's).
 KEEP_HEAD = ("taunorm", "lws", "posthoc", "wb")
 
@@ -148,22 +149,31 @@ class FrozenHead(nn.Module):
         return self.base(fmap, targets)
 
 
+# How each method turns a freshly built model into its stage-2 form (the backbone is frozen for
+# all): crt trains the fresh head, wb the stage-1 head it keeps, the others wrap it.
+ADAPTERS: Registry[Callable[[nn.Module, DictConfig, int], nn.Module]] = Registry(
+    "stage2.method",
+    {
+        "crt": lambda head, cfg, k: head,
+        "taunorm": lambda head, cfg, k: TauNormHead(
+            head, cfg.stage2.tau, len(cfg.stage2.tau_sweep)
+        ),
+        "lws": lambda head, cfg, k: LWSHead(head, k),
+        "posthoc": lambda head, cfg, k: FrozenHead(head),
+        "wb": lambda head, cfg, k: head,
+    },
+)
+METHODS = tuple(ADAPTERS)
+
+
 def adapt_model(model: nn.Module, cfg: DictConfig, num_classes: int) -> nn.Module:
     """The stage-2 form of a freshly built model (weights are loaded later by ``load_stage1``)."""
     method = cfg.stage2.method
     if method == "none":
         return model
+    adapt = ADAPTERS.factory(method)
     model.backbone = FrozenBackbone(model.backbone)
-    if method == "taunorm":
-        model.head = TauNormHead(model.head, cfg.stage2.tau, len(cfg.stage2.tau_sweep))
-    elif method == "lws":
-        model.head = LWSHead(model.head, num_classes)
-    elif method == "posthoc":
-        model.head = FrozenHead(model.head)
-    elif method not in ("crt", "wb"):  # crt: a fresh head; wb: the stage-1 head, trained
-        raise ConfigError(
-            f"stage2.method='{method}': unknown; expected one of {', '.join(METHODS)}"
-        )
+    model.head = adapt(model.head, cfg, num_classes)
     return model
 
 

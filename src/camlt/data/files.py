@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from camlt.data.augment import AugmentSettings, policy_transforms
-from camlt.data.inputs import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, check_pixels
+from camlt.data.inputs import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, Normaliser, check_pixels
 from camlt.data.sources import DataError
 from camlt.data.tensors import Sampler
 
@@ -228,8 +228,7 @@ class FileLoader:
             prefetch_factor=options.prefetch_factor if workers > 0 else None,
         )
         self.bad_files: set[str] = set()
-        self._mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1) * 255
-        self._std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1) * 255
+        self.normalise = Normaliser(data.mean, data.std, self.device, channels_last)
 
     @property
     def sampler(self) -> Sampler | None:
@@ -240,10 +239,6 @@ class FileLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        x = (batch.to(self.device, non_blocking=True).float() - self._mean) / self._std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad in self.loader:

@@ -130,11 +130,30 @@ def decode(path: Path, spec: InputSpec) -> torch.Tensor:
         raise UsageError(f"{path}: cannot decode image ({reason})") from None
 
 
+class Normaliser:
+    """uint8 (B, C, H, W) batches to the float input the model trains on: ``(x - 255 mean) /
+    (255 std)`` per channel. The loaders keep one on their device, so a batch is normalised
+    where it trains; ``camlt predict`` and the maps use the same one on the CPU."""
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        self.mean = torch.tensor(tuple(mean), device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(tuple(std), device=device).view(1, -1, 1, 1) * 255
+        self.channels_last = channels_last
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = (batch.to(self.mean.device, non_blocking=True).float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
 def normalise(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the normalised float batch, as ``BatchLoader.normalise`` does."""
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255
-    std = torch.tensor(spec.std).view(1, -1, 1, 1) * 255
-    return (images.float() - mean) / std
+    """uint8 (B, C, H, W) -> the normalised float batch of ``spec``'s dataset, on the CPU."""
+    return Normaliser(spec.mean, spec.std)(images)
 
 
 def set_images(data, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:

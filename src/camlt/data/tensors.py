@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from camlt.data.inputs import Normaliser
+
 
 @dataclass
 class TensorImageSet:
@@ -86,8 +88,7 @@ class BatchLoader:
         self.channels_last = channels_last
         self.epoch = 0
         dev = data.images.device
-        self._mean = torch.tensor(data.mean, device=dev).view(1, -1, 1, 1) * 255
-        self._std = torch.tensor(data.std, device=dev).view(1, -1, 1, 1) * 255
+        self.normalise = Normaliser(data.mean, data.std, dev, channels_last)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -113,10 +114,6 @@ class BatchLoader:
         if self.train:
             return -(-len(self.data) // world) // self.batch_size
         return -(-len(range(rank, len(self.data), world)) // self.batch_size)
-
-    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        x = (batch.float() - self._mean) / self._std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
