@@ -23,10 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from camlt.errors import UsageError
 from camlt.losses import MixedTargets
-
-MIXES = ("none", "mixup", "cutmix", "remix")
+from camlt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -73,12 +71,49 @@ def remix_weights(
     return weights
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """One step's draws: the mixing factor, each image's partner, and the generator for more."""
+
+    lam: float
+    perm: torch.Tensor
+    generator: torch.Generator
+    counts: torch.Tensor
+    settings: MixSettings
+
+
+def mixup(images: torch.Tensor, labels: torch.Tensor, p: Pairing):
+    """Images and labels mixed by one factor."""
+    mixed = p.lam * images + (1.0 - p.lam) * images[p.perm]
+    return mixed, torch.full(labels.shape, p.lam, dtype=torch.float32)
+
+
+def cutmix(images: torch.Tensor, labels: torch.Tensor, p: Pairing):
+    """A box of the partner pasted in; the label weight is the area kept."""
+    h, w = images.shape[2], images.shape[3]
+    y0, y1, x0, x1 = cut_box(h, w, p.lam, p.generator)
+    mixed = images.clone()
+    mixed[:, :, y0:y1, x0:x1] = images[p.perm, :, y0:y1, x0:x1]
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return mixed, torch.full(labels.shape, kept, dtype=torch.float32)
+
+
+def remix(images: torch.Tensor, labels: torch.Tensor, p: Pairing):
+    """Images mixed as mixup; the label weight moved to the rarer class of a pair."""
+    mixed = p.lam * images + (1.0 - p.lam) * images[p.perm]
+    a, b = labels.cpu(), labels[p.perm].cpu()
+    s = p.settings
+    return mixed, remix_weights(p.lam, a, b, p.counts, s.remix_kappa, s.remix_tau)
+
+
+MIX_FUNCTIONS = Registry("train.mix", {"mixup": mixup, "cutmix": cutmix, "remix": remix})
+
+
 class BatchMixer:
     """Mixes training batches by ``MixSettings``; the engine calls it once per step."""
 
     def __init__(self, settings: MixSettings, class_counts: Sequence[int], seed: int) -> None:
-        if settings.kind not in MIXES:
-            raise UsageError(f"train.mix='{settings.kind}': expected one of {', '.join(MIXES)}")
+        self.mix = MIX_FUNCTIONS.factory(settings.kind)
         self.settings = settings
         self.counts = torch.as_tensor(list(class_counts), dtype=torch.int64)
         self.seed = seed
@@ -99,21 +134,7 @@ class BatchMixer:
             return images, labels
         lam = beta_sample(s.alpha, gen)
         perm = torch.randperm(len(labels), generator=gen).to(labels.device)
-        a, b = labels, labels[perm]
-        if s.kind == "cutmix":
-            y0, y1, x0, x1 = cut_box(images.shape[2], images.shape[3], lam, gen)
-            mixed = images.clone()
-            mixed[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
-            lam = 1.0 - (y1 - y0) * (x1 - x0) / (images.shape[2] * images.shape[3])
-            weights = torch.full(labels.shape, lam, dtype=torch.float32)
-        else:
-            mixed = lam * images + (1.0 - lam) * images[perm]
-            if s.kind == "remix":
-                weights = remix_weights(
-                    lam, a.cpu(), b.cpu(), self.counts, s.remix_kappa, s.remix_tau
-                )
-            else:
-                weights = torch.full(labels.shape, lam, dtype=torch.float32)
+        mixed, weights = self.mix(images, labels, Pairing(lam, perm, gen, self.counts, s))
         if images.is_contiguous(memory_format=torch.channels_last):
             mixed = mixed.contiguous(memory_format=torch.channels_last)
-        return mixed, MixedTargets(a, b, weights.to(labels.device))
+        return mixed, MixedTargets(labels, labels[perm], weights.to(labels.device))
