@@ -285,3 +285,10 @@ def test_the_strong_recipes_are_their_dataset_recipe_with_the_best_measured_chan
     plain = load_config(ROOT / "configs" / f"{name}.yaml")
     assert {d.split(":")[0] for d in diff(plain, strong)} == {"loss.name"}
     assert strong.loss.name == "balanced_softmax" and strong.model.head == "normalized"
+
+
+def test_the_config_names_exactly_the_registered_augmentation_steps():
+    from camlt.config import STRONG
+    from camlt.data.augment import POLICIES
+
+    assert tuple(POLICIES) == STRONG  # the config validates names; the registry builds them

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from camlt.config import BASIC, STRONG, parse_augment
+from camlt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -60,25 +61,33 @@ class AugmentSettings:
         return tuple(s for s in self.steps if s in STRONG)
 
 
+def _cutout(v2, settings: AugmentSettings, side: int):
+    """One square of ``data.cutout_size`` (default half the side) set to 0, wholly inside."""
+    edge = settings.cutout_size or max(1, side // 2)
+    share = min(1.0, edge * edge / (side * side))
+    return v2.RandomErasing(p=1.0, scale=(share, share), ratio=(1.0, 1.0), value=0)
+
+
+# The strong steps: name -> (torchvision.transforms.v2, settings, image side) -> transform
+POLICIES: Registry[Callable] = Registry(
+    "data.augment",
+    {
+        "autoaugment": lambda v2, st, side: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+        "randaugment": lambda v2, st, side: v2.RandAugment(
+            st.randaugment_ops, st.randaugment_magnitude
+        ),
+        "trivialaugment": lambda v2, st, side: v2.TrivialAugmentWide(),
+        "cutout": _cutout,
+        "erasing": lambda v2, st, side: v2.RandomErasing(p=st.erasing_prob, value=0),
+    },
+)
+
+
 def policy_transforms(settings: AugmentSettings, image_side: int) -> list[Callable]:
     """The torchvision v2 transforms of the strong steps, in the order named."""
     from torchvision.transforms import v2  # imported here: torchvision takes seconds to import
 
-    out: list[Callable] = []
-    for step in settings.strong:
-        if step == "autoaugment":
-            out.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-        elif step == "randaugment":
-            out.append(v2.RandAugment(settings.randaugment_ops, settings.randaugment_magnitude))
-        elif step == "trivialaugment":
-            out.append(v2.TrivialAugmentWide())
-        elif step == "cutout":
-            side = settings.cutout_size or max(1, image_side // 2)
-            share = min(1.0, side * side / (image_side * image_side))
-            out.append(v2.RandomErasing(p=1.0, scale=(share, share), ratio=(1.0, 1.0), value=0))
-        else:  # erasing
-            out.append(v2.RandomErasing(p=settings.erasing_prob, value=0))
-    return out
+    return [POLICIES.factory(step)(v2, settings, image_side) for step in settings.strong]
 
 
 class BatchPolicy:

@@ -18,11 +18,7 @@ FMNIST_HARD_ORDER = (1, 5, 7, 8, 9, 3, 0, 2, 4, 6)
 
 def _load_raw(cfg: DictConfig) -> tuple[dict[str, ArraySplit], list[str], DatasetSpec]:
     name = cfg.data.name
-    if name not in DATASETS:
-        raise DataError(
-            f"data.name='{name}': unknown dataset; expected one of {', '.join(DATASETS)}"
-        )
-    spec = DATASETS[name]
+    spec = DATASETS.factory(name)
     if name == "fmnist_lt":
         splits = load_fmnist(cfg.data.root, cfg.data.download)
         pad = spec.pad

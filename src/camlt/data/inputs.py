@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from camlt.data.sources import DataError
 from camlt.errors import UsageError
+from camlt.registry import Registry
 
 # Every suffix read as an image: by image folders, by `camlt predict` on a folder, by data check.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -56,11 +57,14 @@ class DatasetSpec:
     pad: int = 0  # zero border added to every image (Fashion-MNIST 28 -> 32, as the ResNets expect)
 
 
-DATASETS = {
-    "fmnist_lt": DatasetSpec(10, 5000, (0.2860,), (0.3530,), channels=1, side=28, pad=2),
-    "cifar10_lt": DatasetSpec(10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100_lt": DatasetSpec(100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+DATASETS: Registry[DatasetSpec] = Registry(
+    "data.name",
+    {
+        "fmnist_lt": DatasetSpec(10, 5000, (0.2860,), (0.3530,), channels=1, side=28, pad=2),
+        "cifar10_lt": DatasetSpec(10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        "cifar100_lt": DatasetSpec(100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    },
+)
 
 
 @dataclass(frozen=True)
