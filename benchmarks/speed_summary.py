@@ -18,6 +18,7 @@ SOURCES = {
     "train_speed": "eager",
     "train_speed_2procs": "eager",
     "train_speed_compiled": "train.compile=default",
+    "train_speed_epyc_autoaugment": "eager",
     "train_speed_xeon": "eager",
     "train_speed_xeon_compiled": "train.compile=default",
     "gpu_train_speed": "eager",
