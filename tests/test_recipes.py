@@ -292,3 +292,10 @@ def test_the_config_names_exactly_the_registered_augmentation_steps():
     from camlt.data.augment import POLICIES
 
     assert tuple(POLICIES) == STRONG  # the config validates names; the registry builds them
+
+
+def test_the_config_names_exactly_the_registered_mixes():
+    from camlt.config import _CHOICES
+    from camlt.mixing import MIX_FUNCTIONS
+
+    assert _CHOICES["train.mix"] == ("none", *MIX_FUNCTIONS)

@@ -31,7 +31,7 @@ from camlt.registry import Registry
 class MixSettings:
     """``train.mix*`` of a config."""
 
-    kind: str = "none"
+    kind: str  # a name of MIX_FUNCTIONS
     alpha: float = 1.0
     prob: float = 1.0  # share of batches mixed
     stop_epoch: int | None = None  # 0-based epoch from which batches are no longer mixed
@@ -39,7 +39,7 @@ class MixSettings:
     remix_tau: float = 0.5
 
     def active(self, epoch: int) -> bool:
-        return self.kind != "none" and (self.stop_epoch is None or epoch < self.stop_epoch)
+        return self.stop_epoch is None or epoch < self.stop_epoch
 
 
 def beta_sample(alpha: float, generator: torch.Generator) -> float:
