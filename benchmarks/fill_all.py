@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import ablation
 import baselines
 import cloudpickle
+import clutter
 import foundation_table
 import full_recipe
 import recipes
@@ -47,6 +48,7 @@ TABLES = {
     "baselines": baselines.ROWS,
     "full_recipe": full_recipe.ROWS,
     "recipes": recipes.ROWS,
+    "clutter": clutter.ROWS,
 }
 SCRIPTS = {
     "foundation": "foundation_table.py",
@@ -54,6 +56,7 @@ SCRIPTS = {
     "baselines": "baselines.py",
     "full_recipe": "full_recipe.py",
     "recipes": "recipes.py",
+    "clutter": "clutter.py",
 }
 # What decides the issues' open questions comes first; long runs early, so they can finish. The
 # 200-epoch runs beyond the recipe's default come last: each costs as much as 6 rows of 30 epochs.
@@ -75,6 +78,7 @@ FIRST = [
     *(f"standard: {name}" for name in ablation.BEST_CAMC),
     *FULL[1:3],
     *recipes.FIRST,
+    *clutter.FIRST,
 ]
 
 

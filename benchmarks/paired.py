@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 
+import clutter
 from table import RESULTS, load, publish, rarest1
 
 # (table, row A, row B): A minus B
@@ -45,6 +46,8 @@ PAIRS = [
     ("ablation", "standard: CE + normalized s=16", "standard: CE + linear"),
     ("ablation", "standard: CAMC variant=class", "standard: CE + normalized s=16"),
     ("ablation", "standard: CAMC + balanced softmax", "standard: CE + normalized s=16"),
+    *(("clutter", camc, twin) for camc, twin in clutter.TWINS),
+    ("clutter", clutter.NORMALIZED, clutter.CE),
 ]
 COLUMNS = {
     "overall": lambda e: e["metrics"]["overall"],

@@ -25,7 +25,15 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         )
     },  # fmt: skip
     {"data and models": ("camlt.data", "camlt.heads", "camlt.models", "camlt.losses")},
-    {"methods": ("camlt.mixing", "camlt.regularize", "camlt.stage2", "camlt.viz")},
+    {
+        "methods": (
+            "camlt.mixing",
+            "camlt.regularize",
+            "camlt.stage2",
+            "camlt.viz",
+            "camlt.localisation",
+        )
+    },
     {"training": ("camlt.engine", "camlt.tblog"), "inference": ("camlt.predict",)},
     {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.cli")},
 ]

@@ -7,6 +7,8 @@ import torch
 from conftest import ROOT
 
 from camlt.config import load_config
+from camlt.data import DATASETS, build_sets
+from camlt.data.loaders import DATA_SETS, FILE_DATASETS
 from camlt.heads import HEADS
 from camlt.models import build_model
 from camlt.models.registry import BACKBONES
@@ -63,3 +65,12 @@ def test_a_registry_lists_its_names_and_refuses_twice():
     with pytest.raises(ValueError, match="'a' registered twice"):
         reg.add("a", str)
     assert reg.factory("b") is float and list(reg) == ["a", "b"] and len(reg) == 2
+
+
+def test_every_data_set_is_one_registry_entry_and_an_unknown_one_lists_them_all():
+    assert list(DATA_SETS) == [*DATASETS, *FILE_DATASETS]
+    cfg = load_config(RECIPE, [])
+    cfg.data.name = "imagenet"  # what a user may type for imagenet_lt
+    with pytest.raises(ValueError, match="data.name='imagenet': unknown; expected one of") as err:
+        build_sets(cfg)
+    assert all(name in str(err.value) for name in ("fmnist_lt_clutter", "imagenet_lt", "csv"))

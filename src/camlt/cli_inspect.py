@@ -76,7 +76,11 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from camlt.viz import write_cam_images
 
     _require_matplotlib()
+    if not args.images and not args.test:
+        raise UsageError("camlt cam: give image files, or --test N for the run's own test images")
     loaded = _load(args)
+    if args.test:
+        return _test_cams(loaded, args)
     paths, missing = _images(args.images)
     labels = [loaded.class_index(label) for label in args.label or []]
     if len(labels) not in (0, 1, len(paths)):
@@ -90,6 +94,20 @@ def cmd_cam(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0 if len(written) == len(paths) and not missing else 1
+
+
+def _test_cams(loaded, args: argparse.Namespace) -> int:
+    """``--test N``: maps of the run's own test images of its rarest classes, boxes drawn where
+    the data set has them (the cluttered benchmark)."""
+    from camlt.data import build_sets
+    from camlt.viz import write_test_cams
+
+    if args.images or args.label:
+        raise UsageError("--test draws the run's own test images: give no images and no --label")
+    test_set = build_sets(loaded.cfg, verbose=False).test
+    for path in write_test_cams(loaded, test_set, args.test, args.out):
+        print(path)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -131,8 +149,15 @@ def add_inspection_commands(sub) -> None:
 
     p = sub.add_parser("cam", help="PNG of each image with its class activation maps overlaid")
     p.add_argument("checkpoint", help="run directory or checkpoint file")
-    p.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
+    p.add_argument("images", nargs="*", help="image files, folders (recursive) or globs")
     p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument(
+        "--test",
+        type=positive_int,
+        metavar="N",
+        help="instead of files: N of the run's test images, rarest classes first, with the "
+        "object's box and each map's share inside it where the data set has boxes",
+    )
     p.add_argument(
         "--label",
         action="append",

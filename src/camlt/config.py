@@ -25,8 +25,18 @@ class ConfigError(UserError, ValueError):
 
 
 @dataclass
+class ClutterConfig:
+    """data.name=fmnist_lt_clutter: the construction's sizes (camlt.data.clutter, BENCHMARKS.md)."""
+
+    fragments: int = 4  # clutter pieces per image, 0..16
+    fragment_size: int = 8  # their side, cropped from other images: 1..28
+    min_size: int = 16  # the garment's side S is drawn from min_size..max_size, within 1..28
+    max_size: int = 24
+
+
+@dataclass
 class DataConfig:
-    name: str = "fmnist_lt"  # fmnist_lt | cifar10_lt | cifar100_lt
+    name: str = "fmnist_lt"  # fmnist_lt | fmnist_lt_clutter | cifar10_lt | cifar100_lt
     root: str | None = None  # a directory holding the dataset files; searched first
     profile: str = "exp"  # exp | step
     imbalance: float = 100.0  # n_max / n_min; 1 keeps every class at n_max
@@ -61,6 +71,7 @@ class DataConfig:
     erasing_prob: float = 0.5  # random erasing's probability per image
     image_size: int = 224  # file datasets: crop size; evaluation resizes to resize_size first
     resize_size: int = 256
+    clutter: ClutterConfig = field(default_factory=ClutterConfig)
 
 
 @dataclass
@@ -538,10 +549,24 @@ def parse_augment(value: str) -> tuple[str, ...]:
     return () if steps == ("none",) else steps
 
 
+def _validate_clutter(clutter: DictConfig) -> None:
+    """Sizes the 28-pixel garments and the 32-pixel canvas can hold."""
+    _in_range("data.clutter.fragments", clutter.fragments, 0, 16)
+    _in_range("data.clutter.fragment_size", clutter.fragment_size, 1, 28)
+    _in_range("data.clutter.min_size", clutter.min_size, 1, 28)
+    _in_range("data.clutter.max_size", clutter.max_size, 1, 28)
+    if clutter.min_size > clutter.max_size:
+        raise ConfigError(
+            f"data.clutter.min_size={clutter.min_size} is above data.clutter.max_size="
+            f"{clutter.max_size}: the garment's side is drawn from min_size..max_size"
+        )
+
+
 def _validate_recipe_levers(cfg: DictConfig) -> None:
     """Mixing, strong augmentation and MaxNorm: ranges, and MaxNorm only where it means something."""
     data, train = cfg.data, cfg.train
     parse_augment(data.augment)
+    _validate_clutter(data.clutter)
     _in_range("train.mix_alpha", train.mix_alpha, 0, math.inf, closed=False)
     _in_range("train.mix_prob", train.mix_prob, 0, 1)
     _in_range("train.remix_tau", train.remix_tau, 0, 1)

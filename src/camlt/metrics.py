@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 MANY_ABOVE = 100  # many-shot: more than 100 training images
 FEW_BELOW = 20  # few-shot: fewer than 20
@@ -104,3 +105,33 @@ def format_table(
             n = train_counts[cls] if train_counts else ""
             lines.append(f"{name[:16]:<16} {n:>6} {'-' if acc is None else f'{100 * acc:6.2f}':>7}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- localisation
+# Does a map find the object? A map (B, h, w) is upsampled bilinearly to the canvas; its negative
+# part says "not this class" and carries no location, so only the positive mass counts. A map
+# spread evenly scores the box's share of the canvas (the uniform baseline stated beside every
+# figure), a map wholly inside the box 1; a map with no positive mass points nowhere and scores
+# the uniform share.
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) float masks, 1 inside each (x0, y0, x1, y1) box (ends exclusive)."""
+    h, w = size
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
+    return ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).float()
+
+
+def uniform_share(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B,): the box's share of the canvas, what a map blind to the object scores."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return area.float() / (size[0] * size[1])
+
+
+def box_share(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B,): the share of each map's positive mass, on the canvas, inside its box."""
+    big = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    mass = big[:, 0].clamp_min(0)
+    total = mass.flatten(1).sum(1)
+    inside = (mass * box_masks(boxes, size)).flatten(1).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-30), uniform_share(boxes, size))

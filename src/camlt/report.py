@@ -268,21 +268,57 @@ def confusion(run: RunData):
 
 
 def tail_cam_grid(run: RunData, test_set, limit: int):
-    """CAM overlays of test images of the rarest classes, for the predicted class; None if none."""
-    from camlt.tblog import tail_samples
-    from camlt.viz import cam_figure, cam_rows_for
+    """CAM overlays of test images of the rarest classes, for the predicted class, with the
+    object's box where the data set has one; None if none."""
+    from camlt.viz import cam_figure, cam_rows_for, tail_samples
 
     images, kept = set_images(test_set, tail_samples(test_set.labels, run.counts, limit))
     if not kept:
         return None
     rows, result = cam_rows_for(run.loaded, images, [""] * len(kept), None)
+    boxes = getattr(test_set, "boxes", None)
     for row, i, pred in zip(rows, kept, result.classes.tolist(), strict=True):
         true = int(test_set.labels[i])
         mark = "" if pred == true else " (wrong)"
         row.caption = (
             f"true {run.classes[true]} ({run.counts[true]})\npred {run.classes[pred]}{mark}"
         )
+        row.box = None if boxes is None else tuple(boxes[i].tolist())
     return cam_figure(rows)
+
+
+def localisation_vs_count(runs: Sequence[RunData], test_set):
+    """Each map's in-box share per class against the class's training count, beside the box's
+    share of the canvas (a map blind to the object); None for a data set without boxes."""
+    from camlt.localisation import by_class, localise_test_set
+    from camlt.viz import MAP_TITLES
+
+    if getattr(test_set, "boxes", None) is None:
+        return None
+    fig, (ax,) = _figure(1, 7, 4.5)
+    markers = dict(zip(MAP_TITLES, "osD^", strict=True))
+    k = len(runs[0].classes)
+    for run in runs:
+        shares = localise_test_set(run.loaded, test_set)
+        uniform = by_class(shares.pop("uniform"), test_set.labels, k)
+        for name, values in shares.items():
+            per_class = [100 * v for v in by_class(values, test_set.labels, k)]
+            ax.scatter(
+                run.counts, per_class, marker=markers[name], color=COLORS[run.name], s=20,
+                alpha=0.8, label=f"{run.name}: {MAP_TITLES[name]}",
+            )  # fmt: skip
+    order = sorted(range(k), key=lambda c: runs[0].counts[c])
+    ax.plot(
+        [runs[0].counts[c] for c in order], [100 * uniform[c] for c in order], color="grey",
+        ls="--", label="uniform map (box share)",
+    )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(xlabel="training images of the class (log)", ylabel="map mass inside the box (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("where the maps look: share inside the object's box, map of the true class")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return fig
 
 
 # ----------------------------------------------------------------------------- the page
@@ -411,7 +447,13 @@ def build_report(
         ),
         "tail_cams": (
             lambda: tail_cam_grid(run, test_set, cam_images),
-            "CAM overlays of tail-class test images, for the predicted class.",
+            "CAM overlays of tail-class test images, for the predicted class (with the object's "
+            "box, and each map's share inside it, where the data set has boxes).",
+        ),
+        "localisation": (  # only a data set with boxes (the cluttered benchmark) has this one
+            lambda: localisation_vs_count(runs, test_set),
+            "Localisation: each map's positive mass inside the object's box, per class, against "
+            "the class's training count; the dashed line is a map spread evenly (the box's share).",
         ),
     }
     figures: dict[str, tuple[str, str]] = {}

@@ -16,7 +16,7 @@ import torch
 
 from camlt.errors import UsageError
 from camlt.losses import posthoc_adjust
-from camlt.metrics import GROUP_COLUMNS, frequency_thirds
+from camlt.metrics import GROUP_COLUMNS
 
 TB_DIR = "tensorboard"
 CAM_SAMPLES = 8  # test images whose CAM strips are logged
@@ -30,16 +30,6 @@ class NullLogger:
 
     def close(self) -> None:
         pass
-
-
-def tail_samples(labels: torch.Tensor, counts: list[int], limit: int) -> list[int]:
-    """Indices of up to ``limit`` images of the rarest classes, rarest first, spread over classes."""
-    tail = sorted(frequency_thirds(counts)["tail"], key=lambda c: (counts[c], c))
-    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in tail]
-    chosen: list[int] = []
-    for rank in range(max((len(p) for p in per_class), default=0)):
-        chosen += [p[rank] for p in per_class if rank < len(p)]
-    return chosen[:limit]
 
 
 def cam_strips(
@@ -71,6 +61,7 @@ class TensorBoardLogger:
             ) from None
 
         from camlt.data.inputs import set_images
+        from camlt.viz import tail_samples
 
         self.writer = SummaryWriter(
             log_dir=str(run.run_dir / TB_DIR),

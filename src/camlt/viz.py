@@ -4,7 +4,9 @@ The CAMC head returns its four maps itself (raw CAM, calibrated CAM, cross-data 
 final importance). For heads without maps the raw CAM is computed here from the classifier
 weights: ``<F_u, w_c>`` for a linear classifier, the cosine ``<F_u/|F_u|, w_c/|w_c|>`` for a
 normalized one (the map that classifier actually scores). A figure draws the maps its head has:
-four for CAMC, the raw CAM alone for the others.
+four for CAMC, the raw CAM alone for the others. Where the data set knows each object's box (the
+cluttered benchmark), the box is drawn on every panel and each map's title says how much of its
+positive mass falls inside (camlt.localisation).
 Drawing uses matplotlib's Agg canvas directly, so importing this never touches a GUI backend.
 """
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlt.heads.base import MapsHead
+from camlt.metrics import frequency_thirds
 
 MAP_NAMES = ("raw_cam", "calibrated_cam", "correlation", "importance")
 MAP_TITLES = {
@@ -109,6 +112,17 @@ def compute_maps(
     return MapResult(logits.cpu(), classes.cpu(), maps, base)
 
 
+def tail_samples(labels: torch.Tensor, counts: list[int], limit: int) -> list[int]:
+    """Indices of up to ``limit`` images of the rarest classes, rarest first, spread over classes:
+    the images whose maps a long-tailed model most needs looked at."""
+    tail = sorted(frequency_thirds(counts)["tail"], key=lambda c: (counts[c], c))
+    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in tail]
+    chosen: list[int] = []
+    for rank in range(max((len(p) for p in per_class), default=0)):
+        chosen += [p[rank] for p in per_class if rank < len(p)]
+    return chosen[:limit]
+
+
 def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """One (h, w) map bilinearly resized to the image size, min-max scaled to [0, 1]."""
     big = F.interpolate(cam[None, None].float(), size=size, mode="bilinear", align_corners=False)
@@ -143,6 +157,7 @@ class CamRow:
     image: torch.Tensor  # uint8 (C, H, W), the model's input before normalisation
     maps: dict[str, torch.Tensor | None]
     caption: str
+    box: tuple[int, int, int, int] | None = None  # the object's (x0, y0, x1, y1), ends exclusive
 
 
 def figure_pixels(rows: int, cols: int = 1 + len(MAP_NAMES)) -> tuple[int, int]:
@@ -167,21 +182,45 @@ def cam_figure(rows: Sequence[CamRow]):
     for r, row in enumerate(rows):
         axes[r, 0].imshow(image_rgb(row.image), interpolation="nearest")
         axes[r, 0].set_title(row.caption, fontsize=8)
+        draw_box(axes[r, 0], row.box)
         for c, name in enumerate(names, 1):
             cam = row.maps.get(name)
             ax = axes[r, c]
             ax.imshow(overlay_rgb(row.image, cam), interpolation="bilinear")
+            draw_box(ax, row.box)
             if cam is None:  # a map another row of the figure has
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
                 ax.set_title(MAP_TITLES[name], fontsize=8)
             else:
-                lo, hi = cam.min().item(), cam.max().item()
-                ax.set_title(f"{MAP_TITLES[name]}\n[{lo:.2g}, {hi:.2g}]", fontsize=8)
+                ax.set_title(f"{MAP_TITLES[name]}\n{map_note(cam, row)}", fontsize=8)
     for ax in axes.flat:
         ax.set_axis_off()
     title_room = 0.45 / (PANEL_INCHES[1] * len(rows))  # two title lines above the first row
     fig.subplots_adjust(0.01, 0.01, 0.99, 1 - title_room, wspace=0.05, hspace=0.45)
     return fig
+
+
+def draw_box(ax, box: tuple[int, int, int, int] | None) -> None:
+    """The object's box on a panel (pixel edges, so it frames exactly the pixels inside)."""
+    if box is None:
+        return
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    ax.add_patch(
+        Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1.2)
+    )
+
+
+def map_note(cam: torch.Tensor, row: CamRow) -> str:
+    """A panel's second title line: the map's range, or its in-box share where there is a box."""
+    if row.box is None:
+        return f"[{cam.min().item():.2g}, {cam.max().item():.2g}]"
+    from camlt.metrics import box_share
+
+    size = tuple(row.image.shape[-2:])
+    share = box_share(cam[None], torch.tensor([row.box]), size)[0]
+    return f"{100 * share:.0f}% in box"
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -210,6 +249,41 @@ def cam_rows_for(
     return rows, result
 
 
+def cam_pages(
+    loaded,
+    images: torch.Tensor,
+    names: Sequence[str],
+    labels: Sequence[int | None],
+    boxes: torch.Tensor | None = None,
+) -> list[list[CamRow]]:
+    """Per image, its rows: the maps of the predicted class and, if labelled, of the true one."""
+    pred_rows, pred = cam_rows_for(loaded, images, [""] * len(names), None)
+    probs = pred.logits.softmax(dim=1)
+    labelled = [i for i, label in enumerate(labels) if label is not None]
+    true_rows = {}
+    if labelled:
+        wanted = torch.tensor([labels[i] for i in labelled])
+        rows, _ = cam_rows_for(loaded, images[labelled], [""] * len(labelled), wanted)
+        true_rows = dict(zip(labelled, rows, strict=True))
+    pages = []
+    for i, name in enumerate(names):
+        top = int(pred.classes[i])
+        row = pred_rows[i]
+        row.caption = f"{name}\npredicted {loaded.classes[top]} ({100 * probs[i, top]:.0f}%)"
+        rows = [row]
+        if i in true_rows:
+            label = labels[i]
+            true_rows[i].caption = (
+                f"true {loaded.classes[label]} ({100 * probs[i, label]:.0f}%)"
+                + (" = predicted" if label == top else "")
+            )
+            rows.append(true_rows[i])
+        for r in rows:
+            r.box = None if boxes is None else tuple(boxes[i].tolist())
+        pages.append(rows)
+    return pages
+
+
 def write_cam_images(
     loaded,
     paths: Sequence[Path],
@@ -225,22 +299,9 @@ def write_cam_images(
     kept, images = load_images(paths, loaded.spec, warn)
     if images is None:
         return []
+    pages = cam_pages(loaded, images, [p.name for p in kept], [label_of[p] for p in kept])
     written, used = [], set()
-    pred_rows, pred = cam_rows_for(loaded, images, [""] * len(kept), None)
-    probs = pred.logits.softmax(dim=1)
-    for i, path in enumerate(kept):
-        top = int(pred.classes[i])
-        row = pred_rows[i]
-        row.caption = f"{path.name}\npredicted {loaded.classes[top]} ({100 * probs[i, top]:.0f}%)"
-        rows = [row]
-        label = label_of[path]
-        if label is not None:
-            true_rows, _ = cam_rows_for(loaded, images[i : i + 1], [""], torch.tensor([label]))
-            true_rows[0].caption = (
-                f"true {loaded.classes[label]} ({100 * probs[i, label]:.0f}%)"
-                + (" = predicted" if label == top else "")
-            )
-            rows.append(true_rows[0])
+    for path, rows in zip(kept, pages, strict=True):
         name = f"{path.stem}_cam.png"
         n = 1
         while name in used:  # same file name in two folders
@@ -249,3 +310,21 @@ def write_cam_images(
         used.add(name)
         written.append(save_figure(cam_figure(rows), out_dir / name))
     return written
+
+
+def write_test_cams(loaded, test_set, count: int, out_dir: str | Path) -> list[Path]:
+    """One PNG per test image of the rarest classes (rarest first, spread over the tail): the
+    maps of the predicted and the true class, and the object's box where the data set has one."""
+    from camlt.data.inputs import set_images
+
+    images, kept = set_images(test_set, tail_samples(test_set.labels, loaded.train_counts, count))
+    if not kept:
+        return []
+    boxes = getattr(test_set, "boxes", None)
+    labels = [int(test_set.labels[i]) for i in kept]
+    names = [f"test image {i}" for i in kept]
+    pages = cam_pages(loaded, images, names, labels, None if boxes is None else boxes[kept])
+    return [
+        save_figure(cam_figure(rows), Path(out_dir) / f"test_{i:05d}_cam.png")
+        for i, rows in zip(kept, pages, strict=True)
+    ]

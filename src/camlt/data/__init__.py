@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from camlt.data.benchmarks import FMNIST_HARD_ORDER, build_datasets, class_order, train_counts
-from camlt.data.inputs import DATASETS, DatasetSpec
+from camlt.data.benchmarks import build_datasets, class_order, train_counts
+from camlt.data.inputs import DATASETS, FMNIST_HARD_ORDER, DatasetSpec
 from camlt.data.loaders import Loaders, build_loaders, build_sets
 from camlt.data.longtail import counts_for_order, profile_counts, select_indices
 from camlt.data.sources import DataError

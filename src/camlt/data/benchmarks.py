@@ -1,5 +1,6 @@
-"""The in-memory benchmarks (Fashion-MNIST-LT, CIFAR-10-LT, CIFAR-100-LT): their long-tailed
-training split and balanced test split, as BENCHMARKS.md defines them, from the real files."""
+"""The in-memory benchmarks (Fashion-MNIST-LT and its cluttered variant, CIFAR-10-LT,
+CIFAR-100-LT): their long-tailed training split and balanced test split, as BENCHMARKS.md defines
+them, from the real files."""
 
 from __future__ import annotations
 
@@ -7,35 +8,29 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from camlt.data.clutter import ClutterSpec, render_split
 from camlt.data.inputs import DATASETS, DatasetSpec
 from camlt.data.longtail import counts_for_order, select_indices
 from camlt.data.sources import FMNIST_CLASSES, ArraySplit, DataError, load_cifar, load_fmnist
 from camlt.data.tensors import TensorImageSet
 
-# Fashion-MNIST-LT hard order: rank r of the profile holds original class HARD_ORDER[r].
-FMNIST_HARD_ORDER = (1, 5, 7, 8, 9, 3, 0, 2, 4, 6)
-
 
 def _load_raw(cfg: DictConfig) -> tuple[dict[str, ArraySplit], list[str], DatasetSpec]:
-    name = cfg.data.name
-    spec = DATASETS.factory(name)
-    if name == "fmnist_lt":
-        splits = load_fmnist(cfg.data.root, cfg.data.download)
-        pad = spec.pad
-        for split in splits.values():  # 28x28 -> 32x32, as the CIFAR ResNets expect
-            split.images = np.pad(split.images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        classes = list(FMNIST_CLASSES)
-    else:
-        splits, classes = load_cifar(spec.num_classes, cfg.data.root, cfg.data.download)
+    spec = DATASETS.factory(cfg.data.name)
+    if spec.files == "fmnist":
+        return load_fmnist(cfg.data.root, cfg.data.download), list(FMNIST_CLASSES), spec
+    splits, classes = load_cifar(spec.num_classes, cfg.data.root, cfg.data.download)
     return splits, classes, spec
 
 
 def class_order(cfg: DictConfig, num_classes: int) -> list[int]:
     """Which class holds each rank of the profile."""
     if cfg.data.order == "hard":
-        if cfg.data.name != "fmnist_lt":
-            raise DataError("data.order=hard is defined for fmnist_lt only")
-        return list(FMNIST_HARD_ORDER)
+        hard = DATASETS[cfg.data.name].hard_order
+        if hard is None:
+            with_hard = [name for name in DATASETS if DATASETS[name].hard_order]
+            raise DataError(f"data.order=hard is defined for {', '.join(with_hard)} only")
+        return list(hard)
     return list(range(num_classes))
 
 
@@ -73,17 +68,36 @@ def build_datasets(cfg: DictConfig) -> tuple[TensorImageSet, TensorImageSet]:
     counts = train_counts(cfg, available)
     keep = select_indices(train.labels, counts, cfg.data.split_seed)
     meta = {"split_seed": cfg.data.split_seed, "counts": counts}
-    train_set = _to_tensors(train.images[keep], train.labels[keep], classes, spec, meta)
-    test_set = _to_tensors(test.images, test.labels, classes, spec, {})
+    train_set = _image_set(cfg, spec, "train", train, keep, classes, meta)
+    test_set = _image_set(cfg, spec, "test", test, np.arange(len(test.labels)), classes, {})
     return train_set, test_set
 
 
-def _to_tensors(images, labels, classes, spec, meta) -> TensorImageSet:
+def _image_set(
+    cfg: DictConfig,
+    spec: DatasetSpec,
+    split_name: str,
+    split: ArraySplit,
+    keep: np.ndarray,
+    classes: list[str],
+    meta: dict,
+) -> TensorImageSet:
+    """The pictures of the kept images: padded as the spec says, or drawn among clutter."""
+    boxes = None
+    if spec.cluttered:
+        clutter = ClutterSpec(**cfg.data.clutter)
+        sources = split.images[:, 0]
+        images, boxes = render_split(sources, keep, cfg.data.split_seed, split_name, clutter)
+    else:
+        images = split.images[keep]
+        if spec.pad:  # Fashion-MNIST 28x28 -> 32x32, as the CIFAR ResNets expect
+            images = np.pad(images, ((0, 0), (0, 0), (spec.pad,) * 2, (spec.pad,) * 2))
     return TensorImageSet(
         torch.from_numpy(np.ascontiguousarray(images)),
-        torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+        torch.from_numpy(np.asarray(split.labels[keep], dtype=np.int64)),
         classes,
         spec.mean,
         spec.std,
         meta,
+        None if boxes is None else torch.from_numpy(boxes),
     )

@@ -44,6 +44,11 @@ def check_pixels(image: Image.Image, path: str | Path, max_pixels: int = MAX_PIX
         )
 
 
+# Fashion-MNIST-LT's hard order: rank r of the long-tailed profile holds original class
+# FMNIST_HARD_ORDER[r] (shirt, the class most confused with others, the rarest).
+FMNIST_HARD_ORDER = (1, 5, 7, 8, 9, 3, 0, 2, 4, 6)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What an in-memory benchmark needs beyond its files: sizes, input shape, normalisation."""
@@ -55,12 +60,23 @@ class DatasetSpec:
     channels: int = 3
     side: int = 32  # the stored images' side, before ``pad``
     pad: int = 0  # zero border added to every image (Fashion-MNIST 28 -> 32, as the ResNets expect)
+    files: str = "cifar"  # whose files it reads: fmnist | cifar
+    hard_order: tuple[int, ...] | None = None  # the classes of data.order=hard, by rank
+    cluttered: bool = False  # drawn on a canvas among clutter, with boxes (camlt.data.clutter)
 
 
+FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
+# The cluttered training split's own statistics (all 60,000 images, split seed 0): the canvas
+# is mostly black, so Fashion-MNIST's would shift every input.
+CLUTTER_MEAN, CLUTTER_STD = (0.1861,), (0.3124,)
+_FMNIST = {"channels": 1, "files": "fmnist", "hard_order": FMNIST_HARD_ORDER}
 DATASETS: Registry[DatasetSpec] = Registry(
     "data.name",
     {
-        "fmnist_lt": DatasetSpec(10, 5000, (0.2860,), (0.3530,), channels=1, side=28, pad=2),
+        "fmnist_lt": DatasetSpec(10, 5000, FMNIST_MEAN, FMNIST_STD, side=28, pad=2, **_FMNIST),
+        "fmnist_lt_clutter": DatasetSpec(
+            10, 5000, CLUTTER_MEAN, CLUTTER_STD, side=32, cluttered=True, **_FMNIST
+        ),
         "cifar10_lt": DatasetSpec(10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         "cifar100_lt": DatasetSpec(100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     },

@@ -25,6 +25,7 @@ from camlt.data.files import (
     header_error,
     imagenet_transform,
 )
+from camlt.data.inputs import DATASETS
 from camlt.data.owndata import (
     duplicate_report,
     longtail_subsample,
@@ -37,6 +38,7 @@ from camlt.data.sources import DataError
 from camlt.data.splitfile import SplitList, apply_label_map, check_labels, read_split_file
 from camlt.data.tensors import BatchLoader, Sampler, TensorImageSet
 from camlt.errors import UsageError
+from camlt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,17 @@ def is_file_dataset(cfg: DictConfig) -> bool:
 
 def build_sets(cfg: DictConfig, verbose: bool = True) -> DataSets:
     """The train / val / test sets of a config (val only where the data has one)."""
-    if not is_file_dataset(cfg):
-        train, test = build_datasets(cfg)
-        return DataSets(train, None, test, int(train.images.shape[1]))
+    return DATA_SETS.factory(cfg.data.name)(cfg, verbose)
+
+
+def _memory_sets(cfg: DictConfig, verbose: bool) -> DataSets:
+    """An in-memory benchmark (``camlt.data.benchmarks``): no val split."""
+    train, test = build_datasets(cfg)
+    return DataSets(train, None, test, int(train.images.shape[1]))
+
+
+def _file_sets(cfg: DictConfig, verbose: bool) -> DataSets:
+    """Image files: a split-file benchmark or the user's own folder or CSV."""
     splits, classes, label_map, reports = _file_splits(cfg)
     if verbose:
         for line in reports:
@@ -120,6 +130,16 @@ def build_sets(cfg: DictConfig, verbose: bool = True) -> DataSets:
         if split is not None
     }
     return DataSets(sets["train"], sets.get("val"), sets["test"], 3, label_map, reports)
+
+
+# Every data.name, in-memory and image files alike: a new data set is one entry.
+DATA_SETS: Registry[Callable[[DictConfig, bool], DataSets]] = Registry(
+    "data.name",
+    {
+        **dict.fromkeys(DATASETS, _memory_sets),
+        **dict.fromkeys(FILE_DATASETS, _file_sets),
+    },
+)
 
 
 def build_loaders(

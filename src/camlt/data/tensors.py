@@ -17,7 +17,9 @@ from camlt.data.inputs import Normaliser
 
 @dataclass
 class TensorImageSet:
-    """Images (N, C, H, W) uint8, labels (N,) int64, class names and normalisation constants."""
+    """Images (N, C, H, W) uint8, labels (N,) int64, class names and normalisation constants;
+    ``boxes`` (N, 4) int64 (x0, y0, x1, y1, ends exclusive) where the data set knows where each
+    object is (cluttered Fashion-MNIST), for measuring where a map looks."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -25,6 +27,7 @@ class TensorImageSet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict = field(default_factory=dict)
+    boxes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

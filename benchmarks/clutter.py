@@ -1,0 +1,43 @@
+"""The cluttered benchmark (issue 21): does CAMC help where the object does not fill the frame?
+Cluttered Fashion-MNIST-LT IF100 (BENCHMARKS.md), hard order, ResNet-32, the 30-epoch recipe of
+configs/fmnist_lt.yaml, 3 seeds. Each CAMC row has a twin: the same head and loss without CAMC.
+Where each map looks is measured by ``benchmarks/cam_stats.py --table clutter`` on the kept runs.
+
+    python benchmarks/clutter.py --jobs 2                # fill what is missing, then render
+    python benchmarks/clutter.py --rows "clutter: CAMC section 2" --seeds 0
+    python benchmarks/clutter.py --render-only
+"""
+
+from __future__ import annotations
+
+from table import RAREST_COLUMNS, Row, main
+
+BASE = "configs/fmnist_lt_clutter.yaml"
+CAMC = "configs/fmnist_lt_clutter_camc.yaml"
+PREFIX = "clutter: "
+CEILING = f"{PREFIX}ceiling: balanced, CE + linear"
+CE = f"{PREFIX}CE + linear"
+NORMALIZED = f"{PREFIX}CE + normalized s=16"
+CAMC_S2 = f"{PREFIX}CAMC section 2"
+CAMC_CLASS = f"{PREFIX}CAMC variant=class"
+NORMALIZED_BS = f"{PREFIX}normalized s=16 + balanced softmax"
+CAMC_BS = f"{PREFIX}CAMC + balanced softmax"
+BS = "loss.name=balanced_softmax"
+
+ROWS = [
+    Row(CEILING, BASE, ["data.balanced=true", "model.head=linear"]),
+    Row(CE, BASE, ["model.head=linear"]),
+    Row(NORMALIZED, BASE, ["model.head=normalized", "model.scale=16"]),
+    Row(CAMC_S2, CAMC, []),
+    Row(CAMC_CLASS, CAMC, ["model.camc.variant=class"]),
+    Row(NORMALIZED_BS, BASE, ["model.head=normalized", "model.scale=16", BS]),
+    Row(CAMC_BS, CAMC, [BS]),
+]
+# (CAMC row, its twin without CAMC) for the paired table
+TWINS = [(CAMC_S2, NORMALIZED), (CAMC_CLASS, NORMALIZED), (CAMC_BS, NORMALIZED_BS)]
+# The order of the first pass: the pair that answers the issue's question first, on one seed.
+FIRST = [NORMALIZED, CAMC_S2, CE, CAMC_CLASS, NORMALIZED_BS, CAMC_BS, CEILING]
+TITLE = "Cluttered Fashion-MNIST-LT IF100 (hard order), ResNet-32, 30 epochs"
+
+if __name__ == "__main__":
+    main("clutter", ROWS, TITLE, extra_columns=RAREST_COLUMNS)
