@@ -44,3 +44,22 @@ def test_shares_are_of_the_gap_on_seed_means_and_the_ceiling_is_read_by_class_na
 def test_without_the_ceiling_nothing_is_claimed():
     out = gap.compute({"ce0": _entry(gap.CE, 0, [0.9, 0.5, 0.1])})
     assert out["rows"] == {} and gap.render(out).startswith("Not run yet")
+
+
+def test_the_headline_keeps_the_best_rows_that_have_every_seed_and_another_study_its_own_rows():
+    rows = ["hard: CAMC full", "focal (gamma 1)", "recipe: CE + linear, wd 5e-4"]
+    results = {
+        "ce": _entry(gap.CE, 0, [0.9, 0.5, 0.1]),
+        "top": _entry(gap.CEILING, 0, [0.9, 0.9, 0.9]),
+        **{f"{n}{s}": _entry(n, s, [0.9, 0.6, 0.2]) for n in rows[:2] for s in (0, 1, 2)},
+        "lever": _entry(rows[2], 0, [0.9, 0.9, 0.9]),  # the best, but one seed: not a headline
+    }
+    out = gap.compute(results)
+    assert set(out["rows"]) == set(rows)
+    assert set(gap.headline(out)["rows"]) == set(rows[:2])
+    renamed = {k: {**e, "row": "clutter: " + e["row"]} for k, e in results.items()}
+    other = gap.compute(
+        renamed, "clutter: " + gap.CE, "clutter: " + gap.CEILING, ["clutter: " + rows[0]]
+    )
+    assert list(other["rows"]) == ["clutter: " + rows[0]]
+    assert "| clutter: hard: CE + linear (0%) |" in gap.render(other, "cluttered")
