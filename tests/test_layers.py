@@ -29,6 +29,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         "methods": (
             "camlt.mixing",
             "camlt.regularize",
+            "camlt.sam",
             "camlt.stage2",
             "camlt.viz",
             "camlt.localisation",

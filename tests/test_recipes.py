@@ -201,6 +201,8 @@ def fmnist(tmp_path_factory):
 LEVERS = [
     "train.mix=remix data.augment=crop_flip+autoaugment+cutout train.maxnorm=step",
     "train.mix=cutmix data.augment=crop_flip+randaugment train.maxnorm=epoch",
+    "train.sam=sam train.mix=mixup train.maxnorm=step",
+    "train.sam=imbsam train.sam_tail_max=15 data.augment=crop_flip+trivialaugment train.maxnorm=step",
 ]
 
 

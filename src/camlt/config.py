@@ -147,6 +147,11 @@ class TrainConfig:
     # rule, min + 0.1 (max - min) of the per-class norms when training starts)
     maxnorm: str = "off"  # off | step | epoch
     maxnorm_threshold: float | None = None
+    # sharpness-aware minimisation (camlt.sam): off | sam | imbsam (the tail classes only); a
+    # second forward and backward each step
+    sam: str = "off"
+    sam_rho: float = 0.05  # the radius of the weight perturbation
+    sam_tail_max: int = 100  # imbsam: classes with at most this many training images are the tail
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
     progress: bool = True
     tensorboard: bool = False  # log scalars and CAM images to RUN_DIR/tensorboard (camlt.tblog)
@@ -451,6 +456,7 @@ _CHOICES = {
     "stage2.method": ("none", "crt", "taunorm", "lws", "posthoc", "wb"),
     "train.mix": ("none", "mixup", "cutmix", "remix"),
     "train.maxnorm": ("off", "step", "epoch"),
+    "train.sam": ("off", "sam", "imbsam"),
 }
 _TRUE, _FALSE = ("true", "on", "yes"), ("false", "off", "no")
 
@@ -576,6 +582,14 @@ def _validate_recipe_levers(cfg: DictConfig) -> None:
     _in_range("data.randaugment_ops", data.randaugment_ops, 1, 16)
     if data.cutout_size is not None and data.cutout_size < 1:
         raise ConfigError(f"data.cutout_size={data.cutout_size}: must be >= 1 pixel (or null)")
+    _in_range("train.sam_rho", train.sam_rho, 0, math.inf, closed=False)
+    if train.sam_tail_max < 0:
+        raise ConfigError(f"train.sam_tail_max={train.sam_tail_max}: must be >= 0 images")
+    if train.sam != "off" and train.amp == "fp16":
+        raise ConfigError(
+            f"train.sam={train.sam} with train.amp=fp16: the loss scaler cannot follow SAM's two "
+            "passes; use train.amp=bf16, auto or off"
+        )
     if train.mix_stop_epoch is not None and train.mix_stop_epoch < 0:
         raise ConfigError(f"train.mix_stop_epoch={train.mix_stop_epoch}: must be a 0-based epoch")
     if train.maxnorm == "off":

@@ -37,7 +37,7 @@ from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
-from camlt.errors import UserError
+from camlt.errors import UsageError, UserError
 from camlt.heads.base import NoWeightDecay
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
@@ -55,6 +55,7 @@ from camlt.rundir import (
     resolve,
     saved_config,
 )
+from camlt.sam import SharpnessAware, buffers_kept, tail_classes
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
 from camlt.tblog import open_logger
 
@@ -187,6 +188,8 @@ class Run:
     label_map: dict | None = None  # class index -> original label (data.labels=remap)
     mixer: BatchMixer | None = None  # train.mix
     maxnorm: MaxNorm | None = None  # train.maxnorm
+    sam: SharpnessAware | None = None  # train.sam
+    sam_tail: torch.Tensor | None = None  # train.sam=imbsam: (K,) bool, the tail classes
 
     @property
     def train_counts(self) -> list[int]:
@@ -255,7 +258,43 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         label_map=data.label_map,
         mixer=build_mixer(cfg.train, counts),
         maxnorm=build_maxnorm(model.head, cfg.train.maxnorm, cfg.train.maxnorm_threshold),
+        sam=build_sam(model, cfg.train, dtype),
+        sam_tail=sam_tail(cfg.train, counts, device, dist.world),
     )
+
+
+def build_sam(
+    model: torch.nn.Module, cfg: DictConfig, dtype: torch.dtype | None
+) -> SharpnessAware | None:
+    """The ascent of ``train.sam`` over the trained parameters, or None when off."""
+    if cfg.sam == "off":
+        return None
+    if dtype == torch.float16:
+        raise UsageError(
+            f"train.sam={cfg.sam} trains without a loss scaler, and train.amp={cfg.amp} picked "
+            "fp16 here: pass train.amp=bf16 or off"
+        )
+    return SharpnessAware(list(model.parameters()), cfg.sam_rho)
+
+
+def sam_tail(
+    cfg: DictConfig, counts: list[int], device: torch.device, world: int
+) -> torch.Tensor | None:
+    """ImbSAM's tail classes; refused when no class is that rare (nothing would get SAM)."""
+    if cfg.sam != "imbsam":
+        return None
+    if world > 1:  # two gradients from one forward pass: DDP reduces once per forward
+        raise UsageError(
+            "train.sam=imbsam runs in one process only (DDP reduces one gradient per forward "
+            "pass, ImbSAM takes two); train.sam=sam works under torchrun"
+        )
+    tail = tail_classes(counts, cfg.sam_tail_max)
+    if not tail.any():
+        raise UsageError(
+            f"train.sam=imbsam: no class has at most train.sam_tail_max={cfg.sam_tail_max} "
+            f"training images (the rarest has {min(counts)}); raise train.sam_tail_max"
+        )
+    return tail.to(device)
 
 
 def build_mixer(cfg: DictConfig, counts: list[int]) -> BatchMixer | None:
@@ -297,6 +336,67 @@ def compute_loss(run: Run, images: torch.Tensor, labels: Targets) -> torch.Tenso
     return loss
 
 
+def split_loss(
+    run: Run, images: torch.Tensor, labels: Targets, tail: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImbSAM's two parts of ``compute_loss`` from one forward pass: the head classes' and the
+    tail classes' losses, each weighted by its share of the batch (a mixed image counts where
+    its larger-weight label is)."""
+    head_labels = labels.major() if isinstance(labels, MixedTargets) else labels
+    with autocast(run):
+        out = step_module(run)(images, head_labels)
+    parts = []
+    for members in (~tail[head_labels], tail[head_labels]):
+        idx = members.nonzero().flatten()
+        if len(idx) == 0:
+            parts.append(out.logits.sum() * 0.0)  # keeps the graph: every parameter gets a grad
+            continue
+        part = select(labels, idx)
+        loss = run.criterion(out.logits[idx], part)
+        if out.aux_logits is not None and out.aux_weight:
+            loss = loss + out.aux_weight * run.criterion(out.aux_logits[idx], part)
+        parts.append(loss * (len(idx) / len(head_labels)))
+    return parts[0], parts[1]
+
+
+def select(labels: Targets, idx: torch.Tensor) -> Targets:
+    """The targets of some images of the batch."""
+    if isinstance(labels, MixedTargets):
+        return MixedTargets(labels.a[idx], labels.b[idx], labels.lam[idx])
+    return labels[idx]
+
+
+def sam_step(run: Run, images: torch.Tensor, labels: Targets, check) -> torch.Tensor:
+    """Gradients of one SAM / ImbSAM step in ``.grad``, the weights back at ``w``; returns the
+    loss at ``w``. ``check`` refuses a non-finite loss before anything moves."""
+    params = run.sam.params
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.sam_tail is None:  # SAM: the whole loss's gradient at w + e
+        loss = compute_loss(run, images, labels)
+        check(loss)
+        loss.backward()
+        run.sam.ascend()
+        run.optimizer.zero_grad(set_to_none=True)
+        with buffers_kept(run.model):
+            compute_loss(run, images, labels).backward()
+        run.sam.restore()
+        return loss
+    head, tail = split_loss(run, images, labels, run.sam_tail)  # ImbSAM
+    loss = head + tail
+    check(loss)
+    head_grads = torch.autograd.grad(head, params, retain_graph=True, allow_unused=True)
+    tail_grads = torch.autograd.grad(tail, params, allow_unused=True)
+    run.sam.ascend(tail_grads)
+    with buffers_kept(run.model):
+        split_loss(run, images, labels, run.sam_tail)[1].backward()
+    run.sam.restore()
+    with torch.no_grad():
+        for p, g in zip(params, head_grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+    return loss
+
+
 def _kept(run: Run, epoch: int) -> str:
     """What a diverged run leaves behind, for its error message."""
     if epoch:
@@ -318,6 +418,35 @@ def check_finite_weights(run: Run, epoch: int) -> None:
         )
 
 
+def train_step(
+    run: Run, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int
+) -> torch.Tensor:
+    """One optimiser step on a batch (mixed, sharpness-aware, norm-capped as configured), before
+    the scheduler's; returns the batch's loss. Refuses a non-finite loss before anything moves."""
+    images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
+    targets = run.mixer(images, labels, epoch, step) if run.mixer else (images, labels)
+
+    def check(loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {_kept(run, epoch)}"
+            )
+
+    if run.sam is not None:
+        loss = sam_step(run, *targets, check)
+        run.optimizer.step()
+    else:
+        loss = compute_loss(run, *targets)
+        check(loss)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    if run.maxnorm is not None:
+        run.maxnorm.after_step()
+    return loss
+
+
 def train_one_epoch(run: Run, epoch: int) -> dict:
     """One pass over the training loader; stops at once if the loss stops being finite."""
     run.model.train()
@@ -332,19 +461,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         dynamic_ncols=True,
     )
     for step, (images, labels) in enumerate(bar):
-        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device)
-        targets = run.mixer(images, labels, epoch, step) if run.mixer else (images, labels)
-        loss = compute_loss(run, *targets)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"epoch {epoch + 1}, step {step + 1}: loss is {loss.item()}; {_kept(run, epoch)}"
-            )
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        if run.maxnorm is not None:
-            run.maxnorm.after_step()
+        loss = train_step(run, images, labels, epoch, step)
         run.scheduler.step()
         total_loss += loss.item() * len(labels)
         seen += len(labels)
