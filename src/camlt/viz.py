@@ -6,7 +6,7 @@ weights: ``<F_u, w_c>`` for a linear classifier, the cosine ``<F_u/|F_u|, w_c/|w
 normalized one (the map that classifier actually scores). A figure draws the maps its head has:
 four for CAMC, the raw CAM alone for the others. Where the data set knows each object's box (the
 cluttered benchmark), the box is drawn on every panel and each map's title says how much of its
-positive mass falls inside (camlt.localisation).
+positive mass falls inside (camlt.metrics.box_share).
 Drawing uses matplotlib's Agg canvas directly, so importing this never touches a GUI backend.
 """
 
