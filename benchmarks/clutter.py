@@ -22,6 +22,10 @@ CAMC_S2 = f"{PREFIX}CAMC section 2"
 CAMC_CLASS = f"{PREFIX}CAMC variant=class"
 NORMALIZED_BS = f"{PREFIX}normalized s=16 + balanced softmax"
 CAMC_BS = f"{PREFIX}CAMC + balanced softmax"
+# METHOD.md 3b's suspect, the reinforcement strength: at alpha 10 the final feature f0 + 10 g is
+# nearly the attention-pooled g alone (the cosine classifier ignores its length), so the head
+# predicts from the important regions rather than beside them. One seed, a design probe.
+CAMC_ALPHA10 = f"{PREFIX}CAMC section 2, alpha 10"
 BS = "loss.name=balanced_softmax"
 
 ROWS = [
@@ -32,9 +36,15 @@ ROWS = [
     Row(CAMC_CLASS, CAMC, ["model.camc.variant=class"]),
     Row(NORMALIZED_BS, BASE, ["model.head=normalized", "model.scale=16", BS]),
     Row(CAMC_BS, CAMC, [BS]),
+    Row(CAMC_ALPHA10, CAMC, ["model.camc.alpha=10"], seeds=(0,)),
 ]
 # (CAMC row, its twin without CAMC) for the paired table
-TWINS = [(CAMC_S2, NORMALIZED), (CAMC_CLASS, NORMALIZED), (CAMC_BS, NORMALIZED_BS)]
+TWINS = [
+    (CAMC_S2, NORMALIZED),
+    (CAMC_CLASS, NORMALIZED),
+    (CAMC_BS, NORMALIZED_BS),
+    (CAMC_ALPHA10, NORMALIZED),
+]
 # The order of the first pass: the pair that answers the question first, on one seed.
 FIRST = [NORMALIZED, CAMC_S2, CE, CAMC_CLASS, NORMALIZED_BS, CAMC_BS, CEILING]
 TITLE = "Cluttered Fashion-MNIST-LT IF100 (hard order), ResNet-32, 30 epochs"

@@ -267,7 +267,14 @@ def test_every_row_of_the_recipes_table_loads_and_changes_one_lever():
     assert len(set(names)) == len(names)
     assert set(recipes.FIRST) <= set(names)
     base = load_config(RECIPE, ["model.head=linear"])
+    best = load_config(RECIPE, recipes.BEST)
     for row in recipes.ROWS:
+        if row.name.startswith(recipes.on_best_row("")):  # one lever on the best recipe
+            changed = {
+                d.split(":")[0] for d in diff(best, load_config(ROOT / row.config, row.overrides))
+            }
+            assert len(changed) == 1, (row.name, changed)
+            continue
         extra = ["model.init_from=runs/stage1"] if row.depends else []
         cfg = load_config(ROOT / row.config, row.overrides + extra)
         assert cfg.data.name == "fmnist_lt" and cfg.data.order == "hard"
