@@ -83,6 +83,8 @@ FIRST = [
 
 
 LOCAL_HINT = "fill the tables on this machine with --cluster local"
+# A step's cost against a plain one (benchmarks/results/sam_cost.md: 2.01x and 2.74x).
+SAM_STEP_COST = {"off": 1.0, "sam": 2.0, "imbsam": 2.7}
 # Only runs of at least this cost set the pace: a post-hoc stage 2 (cost 1) is all start-up.
 MIN_PACE_COST = 10
 
@@ -105,7 +107,8 @@ def cost_of(row: Row) -> float:
     """Training epochs, in units of one Fashion-MNIST-LT epoch, plus one for start-up and tests."""
     extra = ["model.init_from=stage1"] if row.depends else []
     cfg = load_config(table.ROOT / row.config, row.overrides + extra)
-    return cfg.train.epochs * (60_000 / 12_406 if cfg.data.balanced else 1) + 1
+    balanced = 60_000 / 12_406 if cfg.data.balanced else 1
+    return cfg.train.epochs * balanced * SAM_STEP_COST[cfg.train.sam] + 1
 
 
 def build_queue(

@@ -270,10 +270,13 @@ def test_every_row_of_the_recipes_table_loads_and_changes_one_lever():
     best = load_config(RECIPE, recipes.BEST)
     for row in recipes.ROWS:
         if row.name.startswith(recipes.on_best_row("")):  # one lever on the best recipe
-            changed = {
-                d.split(":")[0] for d in diff(best, load_config(ROOT / row.config, row.overrides))
-            }
+            cfg = load_config(ROOT / row.config, row.overrides)
+            changed = {d.split(":")[0] for d in diff(best, cfg)}
             assert len(changed) == 1, (row.name, changed)
+            continue
+        if row.name.startswith(("standard:", "60 epochs:")):  # the finalists elsewhere
+            cfg = load_config(ROOT / row.config, row.overrides)
+            assert cfg.data.order == "standard" or cfg.train.epochs == 60, row.name
             continue
         extra = ["model.init_from=runs/stage1"] if row.depends else []
         cfg = load_config(ROOT / row.config, row.overrides + extra)
