@@ -119,6 +119,7 @@ def run_localisation(run_dir: Path) -> dict:
     rarest = min(range(len(loaded.classes)), key=lambda c: (loaded.train_counts[c], c))
     return {
         name: {
+            "overall": sum(values) / len(values),
             **by_group(values, loaded.train_counts),
             "rarest": values[rarest],
             "per_class": values,

@@ -4,6 +4,7 @@ the object's box, the localisation measure, and maps with boxes in ``camlt cam``
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +188,19 @@ def test_the_real_cluttered_test_set_is_the_same_on_every_machine():
     assert cli.test_fingerprint(test) == (
         "a5833f5c2a89ea139eee3c67fcd86ca2ecad75a82ddd8600fd7c992fc9c6578c"
     )
+
+
+def test_the_localisation_table_has_every_map_of_a_run_by_group(clutter_run):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cam_stats
+    import clutter as clutter_table
+
+    measured = cam_stats.run_localisation(clutter_run)
+    assert set(measured) == {"raw_cam", "calibrated_cam", "correlation", "importance", "uniform"}
+    for groups in measured.values():
+        assert {"overall", "head", "tail", "rarest"} <= set(groups)
+        assert groups["overall"] == pytest.approx(sum(groups["per_class"]) / 10)
+    row = clutter_table.ROWS[3]
+    text = cam_stats.localisation_markdown(clutter_table.ROWS, "t", {f"{row.name}/seed0": measured})
+    assert text.count(f"| {row.name} |") == 5 and "| uniform (box share) | 0 |" in text
+    assert cam_stats.localisation_markdown(clutter_table.ROWS, "t", {}) == "Not run yet.\n"

@@ -2,8 +2,10 @@
 
 The CAMC head returns its four maps itself (raw CAM, calibrated CAM, cross-data correlation,
 final importance). For heads without maps the raw CAM is computed here from the classifier
-weights: ``<F_u, w_c>`` for a linear classifier, the cosine ``<F_u/|F_u|, w_c/|w_c|>`` for a
-normalized one (the map that classifier actually scores). A figure draws the maps its head has:
+weights: ``<F_u, w_c>`` for a linear classifier, ``<F_u, w_c/|w_c|>`` for a normalized one. Each
+is the map whose mean over locations gives the logit (for the normalized classifier, times
+``s / |f0|``, one positive number per image), so it shows what the classifier scored, and the
+maps of different heads compare location by location. A figure draws the maps its head has:
 four for CAMC, the raw CAM alone for the others. Where the data set knows each object's box (the
 cluttered benchmark), the box is drawn on every panel and each map's title says how much of its
 positive mass falls inside (camlt.metrics.box_share).
@@ -47,9 +49,9 @@ def classifier_cam(
     if isinstance(clf, nn.Linear):
         weight = clf.weight.float()[classes]  # (B, C)
         return torch.einsum("bchw,bc->bhw", fmap, weight)
-    if hasattr(clf, "unit_weight"):  # NormalizedClassifier: the cosine map it scores
+    if hasattr(clf, "unit_weight"):  # NormalizedClassifier: s cos(W, f0) = s/|f0| mean_u <F_u, ŵ>
         weight = clf.unit_weight()[classes]
-        return torch.einsum("bchw,bc->bhw", F.normalize(fmap, dim=1), weight)
+        return torch.einsum("bchw,bc->bhw", fmap, weight)
     return None
 
 
