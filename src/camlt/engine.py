@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ from camlt.rundir import (
     resolve,
     saved_config,
 )
-from camlt.sam import SharpnessAware, buffers_kept, tail_classes
+from camlt.sam import SharpnessAware, imbsam_gradients, sam_gradients, tail_classes
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
 from camlt.tblog import open_logger
 
@@ -367,34 +368,13 @@ def select(labels: Targets, idx: torch.Tensor) -> Targets:
 
 
 def sam_step(run: Run, images: torch.Tensor, labels: Targets, check) -> torch.Tensor:
-    """Gradients of one SAM / ImbSAM step in ``.grad``, the weights back at ``w``; returns the
-    loss at ``w``. ``check`` refuses a non-finite loss before anything moves."""
-    params = run.sam.params
+    """SAM's or ImbSAM's gradients of one batch in ``.grad``, the weights back at ``w``; returns
+    the loss at ``w``. ``check`` refuses a non-finite loss before anything moves."""
     run.optimizer.zero_grad(set_to_none=True)
-    if run.sam_tail is None:  # SAM: the whole loss's gradient at w + e
-        loss = compute_loss(run, images, labels)
-        check(loss)
-        loss.backward()
-        run.sam.ascend()
-        run.optimizer.zero_grad(set_to_none=True)
-        with buffers_kept(run.model):
-            compute_loss(run, images, labels).backward()
-        run.sam.restore()
-        return loss
-    head, tail = split_loss(run, images, labels, run.sam_tail)  # ImbSAM
-    loss = head + tail
-    check(loss)
-    head_grads = torch.autograd.grad(head, params, retain_graph=True, allow_unused=True)
-    tail_grads = torch.autograd.grad(tail, params, allow_unused=True)
-    run.sam.ascend(tail_grads)
-    with buffers_kept(run.model):
-        split_loss(run, images, labels, run.sam_tail)[1].backward()
-    run.sam.restore()
-    with torch.no_grad():
-        for p, g in zip(params, head_grads, strict=True):
-            if g is not None:
-                p.grad = g if p.grad is None else p.grad.add_(g)
-    return loss
+    if run.sam_tail is None:
+        return sam_gradients(run.sam, run.model, partial(compute_loss, run, images, labels), check)
+    parts_at = partial(split_loss, run, images, labels, run.sam_tail)
+    return imbsam_gradients(run.sam, run.model, parts_at, check)
 
 
 def _kept(run: Run, epoch: int) -> str:

@@ -6,13 +6,13 @@ minima generalise better, and a rare class, fitted from a few images, sits in th
 ImbSAM spends the sharpness term on the tail classes only (``train.sam_tail_max``: classes with
 at most that many training images): the head's loss keeps its plain gradient at ``w``, the tail's
 is taken at ``w + e`` with ``e`` from the tail's own gradient. Each step costs a second forward
-and backward. The engine (``camlt.engine.sam_step``) calls these in order; nothing here
-knows the loss.
+and backward. The engine hands in the loss as a function (``camlt.engine.sam_step``); nothing
+here knows what it computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -63,3 +63,51 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
 def tail_classes(counts: Sequence[int], tail_max: int) -> torch.Tensor:
     """(K,) bool: the classes ImbSAM treats as tail (at most ``tail_max`` training images)."""
     return torch.tensor([n <= tail_max for n in counts])
+
+
+def _clear(params: Sequence[nn.Parameter]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def sam_gradients(
+    sam: SharpnessAware,
+    model: nn.Module,
+    loss_at: Callable[[], torch.Tensor],
+    check: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """SAM: ``.grad`` = the gradient of ``loss_at()`` at ``w + e``, the weights left at ``w``;
+    returns the loss at ``w`` (what the epoch reports), refused by ``check`` before any move."""
+    loss = loss_at()
+    check(loss)
+    loss.backward()
+    sam.ascend()
+    _clear(sam.params)
+    with buffers_kept(model):
+        loss_at().backward()
+    sam.restore()
+    return loss
+
+
+def imbsam_gradients(
+    sam: SharpnessAware,
+    model: nn.Module,
+    parts_at: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    check: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """ImbSAM: ``.grad`` = the head part's gradient at ``w`` plus the tail part's at ``w + e``,
+    ``e`` from the tail part's own gradient; ``parts_at()`` returns (head loss, tail loss)."""
+    head, tail = parts_at()
+    loss = head + tail
+    check(loss)
+    head_grads = torch.autograd.grad(head, sam.params, retain_graph=True, allow_unused=True)
+    tail_grads = torch.autograd.grad(tail, sam.params, allow_unused=True)
+    sam.ascend(tail_grads)
+    with buffers_kept(model):
+        parts_at()[1].backward()
+    sam.restore()
+    with torch.no_grad():
+        for p, g in zip(sam.params, head_grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+    return loss
