@@ -172,6 +172,8 @@ def test_cam_of_test_images_draws_boxes_and_the_report_shows_localisation(
     assert not any(isinstance(p, Rectangle) for p in cam_figure(pages[1][:1]).axes[0].patches)
     assert cli.main(["cam", str(clutter_run), "x.png", "--test", "3", "--out", str(out)]) == 2
     assert "--test draws the run's own test images" in capsys.readouterr().err
+    assert cli.main(["cam", str(clutter_run), "--out", str(out)]) == 2  # neither files nor --test
+    assert "give image files, or --test N" in capsys.readouterr().err
     page = build_report(clutter_run, out=tmp_path / "report", device="cpu")
     assert (page.parent / "localisation.png").is_file()
     assert "localisation.png" in page.read_text()
