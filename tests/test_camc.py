@@ -94,6 +94,39 @@ def test_raw_cam_and_calibrated_cam_follow_their_definitions():
 
 
 @pytest.mark.parametrize("variant", ["section2", "class"])
+def test_keep_length_maps_keep_the_feature_length_and_stay_scale_free(variant):
+    h, F = head(variant=variant, keep_length=True).eval(), fmap()
+    c = torch.tensor([1, 4, 4, 9])
+    maps = h(F, return_maps=True, map_class=c).maps
+    w_hat = nnf.normalize(h.classifier.weight.detach()[c], dim=1)
+    longest = F.norm(dim=1).flatten(1).amax(1)[:, None, None]
+    torch.testing.assert_close(
+        maps["calibrated_cam"], torch.einsum("bc,bchw->bhw", w_hat, F) / longest
+    )
+    assert maps["calibrated_cam"].abs().max() <= 1 + 1e-6
+    # one image scaled as a whole: the same maps and logits (tau keeps its meaning) ...
+    scaled = h(F * 5.0, return_maps=True, map_class=c)
+    torch.testing.assert_close(scaled.maps["importance"], maps["importance"])
+    # ... but a location's length now counts, where the cosine maps ignore it
+    louder = F.clone()
+    louder[:, :, 0, 0] *= 3.0
+    for keep, expect_change in ((True, True), (False, False)):
+        h.keep_length = keep
+        base = h(F, return_maps=True, map_class=c).maps["calibrated_cam"][:, 0, 0]
+        loud = h(louder, return_maps=True, map_class=c).maps["calibrated_cam"][:, 0, 0]
+        assert torch.allclose(base, loud, atol=1e-5) is not expect_change
+
+
+def test_keep_length_is_a_config_key_and_off_by_default():
+    def head_of(overrides: list[str]) -> CAMCHead:
+        cfg = load_config(RECIPE, overrides)
+        return build_model(cfg.model, 10, 1, [100] * 10).head
+
+    assert head_of(["model.camc.keep_length=true"]).keep_length is True
+    assert head_of([]).keep_length is False
+
+
+@pytest.mark.parametrize("variant", ["section2", "class"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_importance_has_mean_one_and_is_not_uniform(variant, mode):
     h = head(variant=variant).train(mode == "train")

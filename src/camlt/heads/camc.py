@@ -38,7 +38,8 @@ class CAMCHead(nn.Module):
       changes ``P`` and is deterministic.
     - ``return_maps``: also fill ``maps`` with four detached float32 (B, H, W) tensors:
       ``"raw_cam"`` <F_u, w_c> (uncalibrated), ``"calibrated_cam"`` m (the CAM the head uses:
-      cosine <F̂_u, ŵ>, or raw when ``calibrate=False``), ``"correlation"`` r = <F̂_u, P>, and
+      cosine <F̂_u, ŵ>, or raw when ``calibrate=False``; with ``keep_length`` both m and r divide
+      by the image's largest ||F_u|| instead), ``"correlation"`` r = <F̂_u, P>, and
       ``"importance"`` a (mean 1 over locations).
     - ``map_class``: optional (B,) int64 class per image. Without it the maps are those the
       head used (guide-weighted m, r, a; raw CAM of the top guide class). With it they are
@@ -85,6 +86,7 @@ class CAMCHead(nn.Module):
         gamma: float = 0.5,
         guide: str = "predicted",
         calibrate: bool = True,
+        keep_length: bool = False,
         use_cam: bool = True,
         use_corr: bool = True,
         lam: float = 1.0,
@@ -94,6 +96,7 @@ class CAMCHead(nn.Module):
         _check_options(variant, guide, tau, k, mu, use_cam, use_corr, num_classes, class_counts)
         self.classifier = NormalizedClassifier(in_features, num_classes, scale, learn_scale)
         self.variant, self.guide, self.calibrate = variant, guide, calibrate
+        self.keep_length = keep_length
         self.use_cam, self.use_corr = use_cam, use_corr
         self.alpha, self.tau, self.mu, self.gamma, self.lam = alpha, tau, mu, gamma, lam
         self.k = min(k, num_classes)
@@ -129,6 +132,7 @@ class CAMCHead(nn.Module):
             gamma=c.gamma,
             guide=c.guide,
             calibrate=c.calibrate,
+            keep_length=c.keep_length,
             use_cam=c.use_cam,
             use_corr=c.use_corr,
             lam=c.lam,
@@ -139,6 +143,7 @@ class CAMCHead(nn.Module):
         return (
             f"variant={self.variant}, guide={self.guide}, alpha={self.alpha}, tau={self.tau}, "
             f"k={self.k}, mu={self.mu}, gamma={self.gamma}, calibrate={self.calibrate}, "
+            f"keep_length={self.keep_length}, "
             f"use_cam={self.use_cam}, use_corr={self.use_corr}, lam={self.lam}"
         )
 
@@ -172,7 +177,7 @@ class CAMCHead(nn.Module):
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)  # (B, C, HW): the C-vector at each location u
-        F_norm = _location_norms(F_u)  # <F̂_u, v> = <F_u, v> / ||F_u||, without building F̂
+        F_norm = self._norms(F_u)  # maps divide by it: <F̂_u, v> without building F̂
         # step 1: base prediction
         f0 = F_u.mean(2)
         z0 = s * _cos(f0, W_hat)
@@ -207,7 +212,7 @@ class CAMCHead(nn.Module):
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)
-        F_norm = _location_norms(F_u)
+        F_norm = self._norms(F_u)
         # step 1: base prediction
         f0 = F_u.mean(2)
         cos0 = _cos(f0, W_hat)
@@ -251,6 +256,19 @@ class CAMCHead(nn.Module):
                 self.P.copy_(W_hat)
                 self.P_ready.fill_(True)
         return self.P.clone() if self.training else self.P
+
+    def _norms(self, F_u: torch.Tensor) -> torch.Tensor:
+        """The divisor of every map (B, HW): ||F_u|| per location, or the image's largest one.
+
+        Per location the maps are cosines, blind to how strongly a location responds; on
+        cluttered images the feature length is what marks the object (docs/clutter.md).
+        ``keep_length`` divides by the image's largest length instead: the maps stay in
+        [-1, 1] and scale-free per image, so ``tau`` keeps its meaning, and keep the contrast.
+        """
+        norms = _location_norms(F_u)
+        if self.keep_length:
+            return norms.amax(1, keepdim=True).expand_as(norms)
+        return norms
 
     def _guide(self, z0: torch.Tensor, targets, ranking_only: bool = False):
         """Top-k guide classes ``idx`` (B, k) and weights ``q`` (B, k) summing to 1, detached."""
