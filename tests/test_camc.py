@@ -107,6 +107,7 @@ def test_keep_length_maps_keep_the_feature_length_and_stay_scale_free(variant):
     # one image scaled as a whole: the same maps and logits (tau keeps its meaning) ...
     scaled = h(F * 5.0, return_maps=True, map_class=c)
     torch.testing.assert_close(scaled.maps["importance"], maps["importance"])
+    torch.testing.assert_close(scaled.logits, h(F).logits)
     # ... but a location's length now counts, where the cosine maps ignore it
     louder = F.clone()
     louder[:, :, 0, 0] *= 3.0

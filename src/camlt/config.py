@@ -84,7 +84,7 @@ class CAMCConfig:
     gamma: float = 0.5
     guide: str = "predicted"  # predicted | target | balanced
     calibrate: bool = True
-    keep_length: bool = False  # maps divided by the image's largest feature length, not each
+    keep_length: bool = False  # maps over the image's largest feature length, not each location's
     use_cam: bool = True
     use_corr: bool = True
     lam: float = 1.0  # lambda of the class-specific design
