@@ -37,6 +37,10 @@ AUGMENTS = {  # each after the recipe's pad-4 crop + flip
 
 
 WB_LR01 = "recipe: weight balancing stage 2 at lr 0.1 on wd 5e-4"
+# MaxNorm in stage 1, alone at the recipe's wd 2e-4: the rule's threshold is fixed from the
+# random init, where every class vector has about the same norm, so the cap keeps every class
+# vector near its starting length and no class can out-grow the others through its weights.
+MAXNORM = "recipe: CE + linear + MaxNorm (each step, rule at init)"
 # The levers on the best recipe measured (normalized s=16 + balanced softmax): alone on CE every
 # one of them cost the rarest class (shirt 0.3 to 3.4 against 9.5), which a re-balancing loss
 # may take back while the lever still regularises the features.
@@ -74,6 +78,7 @@ ROWS = [
     # at lr 0.01 the decay of 0.1 shrank every class vector below the MaxNorm ball in a few
     # epochs and the ranking of the classes barely moved: cRT's lr 0.1 lets the loss re-balance
     Row(WB_LR01, WB_STAGE2, ["train.lr=0.1"], LEVER_SEEDS, depends=wd_row("5e-4")),
+    Row(MAXNORM, BASE, [LINEAR, "train.maxnorm=step"], LEVER_SEEDS),
     *(
         Row(f"recipe: CE + linear + {name}", BASE, [LINEAR, *o], LEVER_SEEDS)
         for name, o in {**MIXES, **AUGMENTS}.items()
@@ -102,6 +107,7 @@ FIRST = [
     wb_row("2e-3"),
     "recipe: CE + linear + CutMix",
     "recipe: CE + linear + TrivialAugmentWide",
+    MAXNORM,
     "recipe: CE + linear + RandAugment (2, 9)",
     "recipe: CE + linear + random erasing (p 0.5)",
     STANDARD_BEST,
