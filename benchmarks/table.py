@@ -336,8 +336,12 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
         if not entries:
             lines.append(f"| {row.name} | not run yet |" + " |" * (len(header) - 2))
             continue
-        for key in {(e["machine"], precision(e), e["epochs"], e["torch"]) for e in entries}:
-            meta.setdefault(key, []).append(row.name)
+        meta_key = {id(e): (e["machine"], precision(e), e["epochs"], e["torch"]) for e in entries}
+        for key in dict.fromkeys(meta_key.values()):
+            seeds = [str(e["seed"]) for e in entries if meta_key[id(e)] == key]
+            split = len(seeds) < len(entries)  # the row's seeds ran on more than one machine
+            label = f'"{row.name}"' + (f" (seed {','.join(seeds)})" if split else "")
+            meta.setdefault(key, []).append(label)
         cells = [row.name, ",".join(str(e["seed"]) for e in entries)]
         ranked = [e for e in entries if not balanced(e)]  # only these have a head and a tail
         for col in COLUMNS:
@@ -356,7 +360,7 @@ def render(table: str, rows: list[Row], title: str, extra_columns: dict | None =
             "its accuracy on the long-tailed set's rarest classes by name."
         )
     for (machine_name, prec, epochs, torch_version), names in sorted(meta.items(), key=str):
-        which = "every row" if len(meta) == 1 else ", ".join(f'"{n}"' for n in names)
+        which = "every row" if len(meta) == 1 else ", ".join(names)
         lines.append(
             f"Machine: {machine_name}; {prec}; {epochs} epochs; torch {torch_version}: {which}."
         )

@@ -148,6 +148,21 @@ def test_the_footer_says_which_precision_each_row_was_computed_in(tmp_path, monk
     assert 'Machine: cpu; bf16; 1 epochs; torch x: "focal".' in text
 
 
+def test_a_row_whose_seeds_ran_on_two_machines_names_the_seeds_of_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "RESULTS", tmp_path)
+    entry = {"machine": "cpu", "epochs": 1, "torch": "x", "metrics": {"overall": 0.5}}
+    kept = {
+        "CE/seed0": {**entry, "seed": 0},
+        "CE/seed1": {**entry, "seed": 1, "precision": "bf16"},
+        "CE/seed2": {**entry, "seed": 2, "precision": "bf16"},
+        "focal/seed0": {**entry, "seed": 0, "precision": "bf16"},
+    }
+    table.atomic_write_json(tmp_path / "a.json", kept)
+    text = table.render("a", [CE, FOCAL], "t")
+    assert 'Machine: cpu; fp32; 1 epochs; torch x: "CE" (seed 0).' in text
+    assert 'Machine: cpu; bf16; 1 epochs; torch x: "CE" (seed 1,2), "focal".' in text
+
+
 def test_a_balanced_run_has_no_tail_of_its_own(tmp_path, monkeypatch):
     """Equal class counts leave head and tail to a tie-break: the table shows '-' there."""
     monkeypatch.setattr(table, "RESULTS", tmp_path)
