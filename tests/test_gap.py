@@ -63,3 +63,26 @@ def test_the_headline_keeps_the_best_rows_that_have_every_seed_and_another_study
     )
     assert list(other["rows"]) == ["clutter: " + rows[0]]
     assert "| clutter: hard: CE + linear (0%) |" in gap.render(other, "cluttered")
+
+
+def test_a_rows_gain_is_split_into_its_heads_gain_on_the_balanced_set_and_the_tails_part():
+    row = "hard: normalized s=16 + balanced softmax"
+    own = gap.HEAD_CEILINGS[row]
+    results = {
+        "ce": _entry(gap.CE, 0, [0.9, 0.5, 0.1]),
+        "top": _entry(gap.CEILING, 0, [0.9, 0.9, 0.8], ["bag", "coat", "shirt"], (6, 6, 6)),
+        "own": _entry(own, 0, [0.9, 0.9, 0.9], ["shirt", "coat", "bag"], (6, 6, 6)),
+        "bs": _entry(row, 0, [0.9, 0.6, 0.5]),
+    }
+    out = gap.compute(results)
+    assert own not in out["rows"]  # a ceiling is no row of the gap table
+    split = gap.head_split(results, out)[row]
+    # shirt: +0.4 over CE on the long-tailed set, +0.1 of it the head's on the balanced set
+    assert split["gain"]["rarest"] == pytest.approx(0.4)
+    assert split["balanced_gain"]["rarest"] == pytest.approx(0.9 - 0.8)
+    assert split["tail_part"]["rarest"] == pytest.approx(0.3)
+    assert f"| {row} | 0 | +16.7 / +40.0 / +40.0 | +3.3 / +10.0 / +10.0 |" in gap.render_split(
+        {row: split}
+    )
+    del results["own"]
+    assert gap.head_split(results, gap.compute(results)) == {}
