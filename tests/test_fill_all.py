@@ -135,30 +135,29 @@ def test_a_row_lists_its_seeds_in_order_whatever_order_they_finished_in(tmp_path
     assert "| CE | 0,1,2 | 50.0 ± 0.0 |" in table.render("a", [CE], "t")
 
 
-def test_the_footer_says_which_precision_each_row_was_computed_in(tmp_path, monkeypatch):
+def _rendered(tmp_path, monkeypatch, precisions: dict[str, str | None]) -> str:
+    """The table of kept runs keyed "row/seedN", each with its precision (None: a run kept
+    before the field existed)."""
     monkeypatch.setattr(table, "RESULTS", tmp_path)
     entry = {"machine": "cpu", "epochs": 1, "torch": "x", "metrics": {"overall": 0.5}}
-    kept = {
-        "CE/seed0": {**entry, "seed": 0},
-        "focal/seed0": {**entry, "seed": 0, "precision": "bf16"},
-    }
+    kept = {}
+    for key, precision in precisions.items():
+        kept[key] = {**entry, "seed": int(key.rsplit("seed", 1)[1])}
+        if precision:
+            kept[key]["precision"] = precision
     table.atomic_write_json(tmp_path / "a.json", kept)
-    text = table.render("a", [CE, FOCAL], "t")
+    return table.render("a", [CE, FOCAL], "t")
+
+
+def test_the_footer_says_which_precision_each_row_was_computed_in(tmp_path, monkeypatch):
+    text = _rendered(tmp_path, monkeypatch, {"CE/seed0": None, "focal/seed0": "bf16"})
     assert 'Machine: cpu; fp32; 1 epochs; torch x: "CE".' in text  # kept before the field existed
     assert 'Machine: cpu; bf16; 1 epochs; torch x: "focal".' in text
 
 
 def test_a_row_whose_seeds_ran_on_two_machines_names_the_seeds_of_each(tmp_path, monkeypatch):
-    monkeypatch.setattr(table, "RESULTS", tmp_path)
-    entry = {"machine": "cpu", "epochs": 1, "torch": "x", "metrics": {"overall": 0.5}}
-    kept = {
-        "CE/seed0": {**entry, "seed": 0},
-        "CE/seed1": {**entry, "seed": 1, "precision": "bf16"},
-        "CE/seed2": {**entry, "seed": 2, "precision": "bf16"},
-        "focal/seed0": {**entry, "seed": 0, "precision": "bf16"},
-    }
-    table.atomic_write_json(tmp_path / "a.json", kept)
-    text = table.render("a", [CE, FOCAL], "t")
+    runs = {"CE/seed0": None, "CE/seed1": "bf16", "CE/seed2": "bf16", "focal/seed0": "bf16"}
+    text = _rendered(tmp_path, monkeypatch, runs)
     assert 'Machine: cpu; fp32; 1 epochs; torch x: "CE" (seed 0).' in text
     assert 'Machine: cpu; bf16; 1 epochs; torch x: "CE" (seed 1,2), "focal".' in text
 
