@@ -17,9 +17,10 @@ import json
 import statistics
 
 import clutter
+import recipes
 from table import RESULTS, load, publish, rarest1
 
-# (table, row A, row B): A minus B
+# (table, row A, row B): A minus B; "a+b" reads the rows from both tables
 PAIRS = [
     ("ablation", "hard: CE + normalized s=16", "hard: CE + linear"),
     ("ablation", "hard: CAMC full", "hard: CE + normalized s=16"),
@@ -46,6 +47,8 @@ PAIRS = [
     ("ablation", "standard: CE + normalized s=16", "standard: CE + linear"),
     ("ablation", "standard: CAMC variant=class", "standard: CE + normalized s=16"),
     ("ablation", "standard: CAMC + balanced softmax", "standard: CE + normalized s=16"),
+    ("ablation+recipes", recipes.STANDARD_BEST, "standard: CE + linear"),
+    ("ablation+recipes", "standard: CAMC + balanced softmax", recipes.STANDARD_BEST),
     *(("clutter", camc, twin) for camc, twin in clutter.TWINS),
     ("clutter", clutter.NORMALIZED, clutter.CE),
 ]
@@ -64,7 +67,7 @@ def by_seed(results: dict, row: str) -> dict[int, dict]:
 
 def compare(table: str, a: str, b: str) -> dict:
     """Per-seed differences A - B (in points) on the seeds both rows have."""
-    results = load(RESULTS / f"{table}.json")
+    results = {k: e for name in table.split("+") for k, e in load(RESULTS / f"{name}.json").items()}
     runs_a, runs_b = by_seed(results, a), by_seed(results, b)
     seeds = sorted(set(runs_a) & set(runs_b))
     diffs = {

@@ -29,3 +29,11 @@ def test_differences_are_per_seed_on_the_common_seeds(tmp_path, monkeypatch):
     assert pair["diffs"]["overall"] == [1.0, -1.0]
     assert pair["diffs"]["rarest"] == [20.0, -5.0]  # class 1 has the fewest training images
     assert "+0.0 (+1.0, -1.0)" in paired.render([pair])
+
+
+def test_a_pair_may_take_its_rows_from_two_tables(tmp_path, monkeypatch):
+    (tmp_path / "t.json").write_text(json.dumps({"A/seed0": _entry("A", 0, 0.80, 0.30)}))
+    (tmp_path / "u.json").write_text(json.dumps({"B/seed0": _entry("B", 0, 0.75, 0.10)}))
+    monkeypatch.setattr(paired, "RESULTS", tmp_path)
+    assert paired.compare("t+u", "A", "B")["diffs"]["overall"] == [5.0]
+    assert paired.compare("t", "A", "B")["seeds"] == []
