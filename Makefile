@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: env test demo data smoke lint clean
+.PHONY: env test fuzz demo data smoke lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ env: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The property tests with fresh random draws, deep (CI's run is derandomized: tests/fuzz_settings.py)
+FUZZ_EXAMPLES ?= 1500
+fuzz: $(STAMP)
+	CAMLT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_images.py tests/test_fuzz_data.py tests/test_fuzz_config.py tests/test_fuzz_lists.py
 
 # Fashion-MNIST from Debian's package when we may install it; else torchvision downloads it.
 data:

@@ -51,6 +51,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
 )
 @example(fmt="PNG", how="bomb", data=None)
 @example(fmt="GIF", how="huge", data=None)  # found by hypothesis: DecompressionBombError escaped
+@example(fmt="BMP", how="wide", data=None)  # found by hypothesis: over data.max_pixels, no hint
 def test_damaged_images_are_decoded_or_refused(fmt, how, data, tmp_path):
     raw = VALID[fmt]
     if how == "truncate":
@@ -64,6 +65,8 @@ def test_damaged_images_are_decoded_or_refused(fmt, how, data, tmp_path):
         raw = b""
     elif how == "huge":  # a GIF whose screen size says 65535 x 65535
         raw = raw[:6] + b"\xff\xff\xff\xff" + raw[10:]
+    elif how == "wide":  # a BMP whose header says 4,194,314 x 12: within PIL's limit, not ours
+        raw = raw[:18] + struct.pack("<ii", 4_194_314, 12) + raw[26:]
     else:
         raw = png_header_claiming(100_000, 100_000)
     path = tmp_path / f"image.{fmt.lower()}"

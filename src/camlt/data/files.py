@@ -95,14 +95,12 @@ class FileImageSet(Dataset):
         path = self.files[index]
         try:
             image = decode(path, self.max_pixels)
-        # a damaged header can claim billions of pixels: PIL refuses it with a non-OSError
+        # a damaged header can claim billions of pixels: PIL refuses it with a non-OSError, and
+        # one within PIL's limit but above data.max_pixels is our DataError: both are bad images
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-            if not self.skip_bad:
-                raise DataError(
-                    f"{path}: cannot decode image ({err}); set data.bad_images=skip to drop "
-                    "undecodable images"
-                ) from None
-            return None, path
+            return self._bad(path, f"{path}: cannot decode image ({err})")
+        except DataError as err:
+            return self._bad(path, str(err))
         # v2 transforms draw from the default CPU generator; seeding only it (not every device,
         # as torch.manual_seed does) costs microseconds instead of a millisecond per image
         cpu = torch.default_generator
@@ -115,6 +113,13 @@ class FileImageSet(Dataset):
             if state is not None:
                 cpu.set_state(state)
         return tensor, int(self.labels[index])
+
+
+    def _bad(self, path: str, reason: str) -> tuple[None, str]:
+        """A bad image is dropped (data.bad_images=skip) or refused with the way round it."""
+        if not self.skip_bad:
+            raise DataError(f"{reason}; set data.bad_images=skip to drop bad images") from None
+        return None, path
 
 
 def index_seed(seed: int, epoch: int, position: int) -> int:
