@@ -38,8 +38,8 @@ from camlt.checkpoint import atomic_write_json, atomic_write_text
 from camlt.data import build_sets
 from camlt.data.inputs import normalise
 from camlt.localisation import by_class, by_group, localise_test_set
-from camlt.predict import load_trained
 from camlt.rundir import FINAL_FILE
+from camlt.trained import open_run
 from camlt.viz import MAP_TITLES, compute_maps, map_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def guide_hits(z0: torch.Tensor | None, k: int, labels: torch.Tensor):
 @torch.no_grad()
 def run_stats(run_dir: Path, batch_size: int = 500) -> dict:
     """Per-class map statistics of one trained run on its test set."""
-    loaded = load_trained(run_dir, "cpu")
+    loaded = open_run(run_dir, device="cpu")
     head = map_head(loaded.model.head)
     test = build_sets(loaded.cfg, verbose=False).test
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("lift", "peak", "z0", "guide", "ok")}
@@ -112,7 +112,7 @@ def run_stats(run_dir: Path, batch_size: int = 500) -> dict:
 @torch.no_grad()
 def run_localisation(run_dir: Path) -> dict:
     """Each map's in-box share of one run, by class and by group, with the uniform baseline."""
-    loaded = load_trained(run_dir, "cpu")
+    loaded = open_run(run_dir, device="cpu")
     test = build_sets(loaded.cfg, verbose=False).test
     shares = localise_test_set(loaded, test)
     per_class = {m: by_class(v, test.labels, len(loaded.classes)) for m, v in shares.items()}

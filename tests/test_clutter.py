@@ -22,8 +22,8 @@ from camlt.data.sources import FMNIST_SYSTEM_DIR
 from camlt.errors import UsageError
 from camlt.localisation import localise_test_set
 from camlt.metrics import box_share, uniform_share
-from camlt.predict import load_trained
 from camlt.report import build_report
+from camlt.trained import open_run
 from camlt.viz import cam_figure, cam_pages
 
 
@@ -137,7 +137,7 @@ def clutter_run(tmp_path_factory):
 
 
 def test_every_map_of_a_trained_run_is_localised_against_its_uniform_baseline(clutter_run):
-    loaded = load_trained(clutter_run, "cpu")
+    loaded = open_run(clutter_run, device="cpu")
     test = build_sets(loaded.cfg, verbose=False).test
     shares = localise_test_set(loaded, test, batch_size=7)
     assert set(shares) == {"raw_cam", "calibrated_cam", "correlation", "importance", "uniform"}
@@ -148,7 +148,7 @@ def test_every_map_of_a_trained_run_is_localised_against_its_uniform_baseline(cl
 
 def test_localisation_on_a_data_set_without_boxes_says_it_needs_boxes(tmp_path):
     run = train_tiny(tmp_path, "plain", "model.head=linear")
-    loaded = load_trained(run, "cpu")
+    loaded = open_run(run, device="cpu")
     with pytest.raises(UsageError, match="localisation needs object boxes"):
         localise_test_set(loaded, build_sets(loaded.cfg, verbose=False).test)
 
@@ -160,7 +160,7 @@ def test_cam_of_test_images_draws_boxes_and_the_report_shows_localisation(
     assert cli.main(["cam", str(clutter_run), "--test", "3", "--out", str(out)]) == 0
     written = sorted(out.glob("test_*_cam.png"))
     assert len(written) == 3 and capsys.readouterr().out.count("_cam.png") == 3
-    loaded = load_trained(clutter_run, "cpu")
+    loaded = open_run(clutter_run, device="cpu")
     test = build_sets(loaded.cfg, verbose=False).test
     pages = cam_pages(loaded, test.images[:2], ["a", "b"], [0, 1], test.boxes[:2])
     assert [row.box for row in pages[1]] == [tuple(test.boxes[1].tolist())] * 2  # pred, true

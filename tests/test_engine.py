@@ -9,6 +9,7 @@ from camlt import engine
 from camlt.checkpoint import CheckpointError, load_checkpoint, read_jsonl
 from camlt.config import ConfigError
 from camlt.heads import NormalizedClassifier
+from camlt.trained import evaluate_run
 
 
 def test_normalized_logits_stay_within_scale():
@@ -46,8 +47,8 @@ def test_train_eval_and_resume_equal_an_uninterrupted_run(tiny_cfg, tmp_path, mo
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [1, 2]
 
-    evaluated, classes, counts, _ = engine.evaluate_checkpoint(tmp_path / "full")
-    assert evaluated == full and len(classes) == 10 and counts[1] == 30
+    evaluated, loaded = evaluate_run(tmp_path / "full")
+    assert evaluated == full and len(loaded.classes) == 10 and loaded.train_counts[1] == 30
     saved = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
     assert saved["metrics"]["overall"] == full["overall"]
     assert saved["precision"] == "fp32"  # what tiny_cfg's train.amp=off trains in

@@ -345,8 +345,8 @@ def test_a_damaged_checkpoint_is_named_by_entry_from_eval_predict_and_resume(
     import torch
 
     from camlt.checkpoint import CheckpointError, load_checkpoint
-    from camlt.engine import evaluate_checkpoint, train
-    from camlt.predict import load_trained
+    from camlt.engine import train
+    from camlt.trained import evaluate_run, open_run
 
     key, value = mutation
     run_dir = tmp_path_factory.mktemp("damaged") / "run"
@@ -355,8 +355,8 @@ def test_a_damaged_checkpoint_is_named_by_entry_from_eval_predict_and_resume(
     state[key] = value
     torch.save(state, run_dir / "checkpoint.pt")
     for use in (
-        lambda: evaluate_checkpoint(run_dir),
-        lambda: load_trained(run_dir, "cpu"),
+        lambda: evaluate_run(run_dir),
+        lambda: open_run(run_dir, device="cpu"),
         lambda: train(load_config(run_dir / "config.yaml"), run_dir, resume=True),
     ):
         with pytest.raises(

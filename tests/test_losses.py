@@ -14,6 +14,7 @@ from camlt.losses import (
     log_prior,
     posthoc_adjust,
 )
+from camlt.trained import evaluate_run
 
 Z = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
 Y = [0, 2]
@@ -178,7 +179,7 @@ def test_posthoc_tau_changes_evaluation_only(tiny_cfg, tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # same training
     assert adjusted["per_class"] != plain["per_class"]  # different test-time predictions
-    assert engine.evaluate_checkpoint(tmp_path / "b")[0] == adjusted
+    assert evaluate_run(tmp_path / "b")[0] == adjusted
 
 
 def test_load_config_accepts_every_loss(tiny_cfg):

@@ -19,7 +19,8 @@ from camlt import cli
 from camlt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from camlt.data import build_datasets
 from camlt.data.inputs import decode, input_spec
-from camlt.predict import collect_images, load_trained, predict_files
+from camlt.predict import collect_images, predict_files
+from camlt.trained import open_run
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("head", ["normalized", "camc"])
 def test_predictions_on_files_equal_the_model_on_the_training_tensors(runs, head):
-    loaded = load_trained(runs[head], "cpu")
+    loaded = open_run(runs[head], device="cpu")
     results = predict_files(loaded, runs["pngs"], topk=10)
     assert [r.path for r in results] == [str(p) for p in runs["pngs"]]
     _, test = build_datasets(loaded.cfg)  # what evaluation feeds the model: padded to 32x32
@@ -50,7 +51,7 @@ def test_predictions_on_files_equal_the_model_on_the_training_tensors(runs, head
 
 
 def test_grey_png_becomes_the_padded_training_input(runs):
-    loaded = load_trained(runs["normalized"], "cpu")
+    loaded = open_run(runs["normalized"], device="cpu")
     _, test = build_datasets(loaded.cfg)
     assert torch.equal(decode(runs["pngs"][0], loaded.spec), test.images[0])
 
@@ -108,7 +109,7 @@ def test_checkpoint_of_another_model_names_what_differs(runs, tmp_path):
         tmp_path / "other.pt", {k: v for k, v in state.items() if k != "format_version"}
     )
     with pytest.raises(CheckpointError, match=r"backbone=resnet20.*weights missing"):
-        load_trained(tmp_path / "other.pt", "cpu")
+        open_run(tmp_path / "other.pt", device="cpu")
 
     cfg["model"]["backbone"] = "resnet8"
     cfg["model"]["from_the_future"] = 1  # a key a newer camlt wrote
@@ -118,19 +119,20 @@ def test_checkpoint_of_another_model_names_what_differs(runs, tmp_path):
         tmp_path / "newer.pt", {k: v for k, v in state.items() if k != "format_version"}
     )
     with pytest.raises(CheckpointError, match=r"from_the_future.*camlt 9\.9\.9"):
-        load_trained(tmp_path / "newer.pt", "cpu")
+        open_run(tmp_path / "newer.pt", device="cpu")
 
 
-def test_config_beside_the_checkpoint_that_differs_is_reported(runs, tmp_path, capsys):
+def test_config_beside_the_checkpoint_that_differs_is_refused(runs, tmp_path, capsys):
     run = tmp_path / "copied"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes((runs["normalized"] / "checkpoint.pt").read_bytes())
     saved = OmegaConf.load(runs["normalized"] / "config.yaml")
     saved.model.scale = 32.0
     (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
-    rc = cli.main(["predict", str(run), str(runs["pngs"][0])])
-    _, err = capsys.readouterr()
-    assert rc == 0 and "model.scale" in err and "using the checkpoint's" in err
+    for command in (["predict", str(run), str(runs["pngs"][0])], ["eval", str(run)]):
+        rc = cli.main(command)
+        _, err = capsys.readouterr()
+        assert rc == 2 and "model.scale" in err and "checkpoint != config.yaml" in err
 
 
 def test_input_specs_of_rgb_and_file_datasets(runs, tmp_path):
@@ -159,7 +161,7 @@ def test_image_folder_run_predicts_files_as_it_evaluates_them(tmp_path):
         ROOT / "configs" / "fmnist_lt.yaml", file_overrides(tmp_path / "run", *overrides)
     )
     engine.train(cfg, tmp_path / "run")
-    loaded = load_trained(tmp_path / "run", "cpu")
+    loaded = open_run(tmp_path / "run", device="cpu")
     assert loaded.spec.shape == (3, 32, 32) and loaded.classes == ["cat", "dog", "emu"]
 
     data, test_set = report_module.load_run_data(tmp_path / "run", "run", tmp_path / "rep", "cpu")

@@ -14,6 +14,7 @@ from camlt.checkpoint import load_checkpoint
 from camlt.config import ConfigError, load_config
 from camlt.heads import NormalizedHead
 from camlt.stage2 import Stage2Error, TauNormHead, load_stage1
+from camlt.trained import evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_stage2_training_leaves_the_backbone_bit_identical(stage1, tmp_path, met
     shutil.copytree(stage1[1], moved)
     shutil.rmtree(stage1[1])
     try:
-        assert engine.evaluate_checkpoint(tmp_path / "s2")[0] == metrics
+        assert evaluate_run(tmp_path / "s2")[0] == metrics
     finally:
         shutil.copytree(moved, stage1[1])
 
@@ -112,7 +113,7 @@ def test_taunorm_sweep_is_reported_as_chosen_on_test(stage1, tmp_path):
     assert info["tau_chosen_on"] == "test" and info["tau"] in (0.0, 0.5, 1.0)
     assert set(info["tau_sweep_test_overall"]) == {"0", "0.5", "1"}
     assert max(info["tau_sweep_test_overall"].values()) == pytest.approx(metrics["overall"])
-    assert engine.evaluate_checkpoint(tmp_path / "s2")[0] == metrics  # the choice is saved
+    assert evaluate_run(tmp_path / "s2")[0] == metrics  # the choice is saved
     saved = json.loads((tmp_path / "s2" / "final_metrics.json").read_text())
     assert saved["metrics"]["stage2"]["tau_chosen_on"] == "test"
 

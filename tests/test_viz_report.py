@@ -15,8 +15,8 @@ from viz_helpers import train_tiny, write_test_pngs
 from camlt import cli
 from camlt.heads import LinearHead, NormalizedHead
 from camlt.models import LongTailClassifier
-from camlt.predict import load_trained
 from camlt.report import build_report
+from camlt.trained import open_run
 from camlt.viz import MAP_NAMES, compute_maps, figure_pixels
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,7 +67,7 @@ def test_each_head_s_cam_averages_to_its_logit():
 
 
 def test_camc_maps_for_the_requested_class(runs):
-    loaded = load_trained(runs["camc"], "cpu")
+    loaded = open_run(runs["camc"], device="cpu")
     from camlt.data.inputs import load_images, normalise
 
     _, images = load_images(runs["pngs"], loaded.spec)

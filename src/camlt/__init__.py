@@ -22,6 +22,8 @@ _EXPORTS = {
     "HeadOutput": "camlt.heads.base",
     "NormalizedClassifier": "camlt.heads.normalized",
     "build_model": "camlt.models",
+    "load": "camlt.api",
+    "Predictor": "camlt.api",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -14,8 +14,8 @@ from camlt.checkpoint import atomic_write_json
 from camlt.cli_inspect import add_inspection_commands
 from camlt.cluster import add_resource_arguments
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
-from camlt.errors import UserError
-from camlt.rundir import CONFIG_FILE, EVAL_FILE
+from camlt.errors import UsageError, UserError
+from camlt.rundir import CHECKPOINT, CONFIG_FILE, EVAL_FILE, RUN_FILES
 
 # What is printed as one line: errors a user can fix, and the system's (a missing file, a full
 # disk). Anything else is a bug in camlt and shows its traceback.
@@ -64,19 +64,103 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from camlt.engine import evaluate_checkpoint
-    from camlt.metrics import format_table
-
-    if args.out and not Path(args.out).resolve().parent.is_dir():
-        raise FileNotFoundError(
-            f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist"
+def _out_path(out: str | None, default: Path, overwrite: bool) -> Path:
+    """Where a command writes its file: never over a run's own files, and over another existing
+    file only when asked (--overwrite); its default file is its own to replace."""
+    path = Path(out) if out else default
+    if not path.resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {path.resolve().parent} does not exist")
+    if path.name in RUN_FILES and (path.parent / CHECKPOINT).is_file():
+        raise UsageError(
+            f"--out {path}: that is a file of the run in {path.parent}; choose another"
         )
-    metrics, classes, counts, run_dir = evaluate_checkpoint(args.target)
-    print(format_table(metrics, classes, counts))
-    out = Path(args.out) if args.out else run_dir / EVAL_FILE
-    atomic_write_json(out, {"metrics": metrics, "classes": classes, "train_counts": counts})
+    if out and path.exists() and path.resolve() != default.resolve() and not overwrite:
+        raise UsageError(f"--out {path} exists; pass --overwrite to replace it")
+    return path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from camlt.metrics import format_table
+    from camlt.priors import TEST_PRIORS
+    from camlt.trained import evaluate, open_run, split_logits
+
+    loaded = open_run(args.target, args.overrides, args.device)
+    run_dir = loaded.run_dir or Path(args.target).parent
+    out = _out_path(args.out, run_dir / EVAL_FILE, args.overwrite)
+    priors = list(TEST_PRIORS) if "all" in (args.test_prior or []) else args.test_prior or []
+    logits, labels = split_logits(loaded, args.split)
+    metrics = evaluate(loaded, logits, labels)
+    shifted = {name: evaluate(loaded, logits, labels, name) for name in priors}
+    print(
+        f"{args.split} split, {len(labels)} images; tau {loaded.tau:g}, temperature "
+        f"{loaded.temperature:.3f}{' (camlt calibrate)' if loaded.calibration else ''}"
+    )
+    print(format_table(metrics, loaded.classes, loaded.train_counts))
+    if shifted:
+        print("\n" + format_prior_table(shifted))
+    record = {
+        "split": args.split,
+        "checkpoint": str(loaded.checkpoint),
+        "epoch": loaded.epoch,
+        "tau": loaded.tau,
+        "temperature": loaded.temperature,
+        "metrics": metrics,
+        "classes": loaded.classes,
+        "train_counts": loaded.train_counts,
+        **({"test_priors": shifted} if shifted else {}),
+    }
+    atomic_write_json(out, record)
     print(f"wrote {out}")
+    return 0
+
+
+def format_prior_table(shifted: dict) -> str:
+    """Top-1 on each shifted test set: as the model stands, and with that prior known."""
+    lines = [f"{'test prior':<12} {'images':>6} {'top-1':>7} {'known':>7} {'ece':>6}"]
+    for name, m in shifted.items():
+        lines.append(
+            f"{name:<12} {m['num_samples']:>6} {100 * m['overall']:7.2f} "
+            f"{100 * m['overall_known_prior']:7.2f} {100 * m['ece']:6.2f}"
+        )
+    lines.append("known: the scores adjusted by the test set's own class prior (post-hoc)")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from camlt import calibration
+    from camlt.trained import open_run, split_logits
+
+    loaded = open_run(args.run_dir, args.overrides, args.device)
+    if loaded.run_dir is None or not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir}: camlt calibrate takes a run directory")
+    logits, labels = split_logits(loaded, "val")
+    fitted_on = {"split": "val", "images": len(labels), "epoch": loaded.epoch}
+    cal = calibration.fit(logits, labels, loaded.train_counts, fitted_on)
+    path = calibration.save(loaded.run_dir, cal)
+    print(
+        f"fitted on the val split ({len(labels)} images): tau {cal.tau:g}, "
+        f"temperature {cal.temperature:.3f}"
+    )
+    for key in ("balanced_accuracy", "ece"):
+        print(f"  {key:<18} {100 * cal.before[key]:6.2f} -> {100 * cal.after[key]:6.2f}")
+    print(f"wrote {path}; camlt eval, predict and export now apply it")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from camlt.export import export
+    from camlt.trained import open_run
+
+    loaded = open_run(args.run_dir, device="cpu")
+    run_dir = loaded.run_dir or Path(args.run_dir).parent
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = _out_path(args.out, run_dir / f"model{suffix}", args.overwrite)
+    if args.prior:
+        from camlt.priors import parse_prior
+
+        loaded.prior = parse_prior(args.prior, loaded.classes, loaded.train_counts)
+    export(loaded, out, args.format)
+    print(f"wrote {out} ({args.format}); its metadata states the input and the decision rule")
     return 0
 
 
@@ -168,8 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on the test split")
     p.add_argument("target", help="run directory or checkpoint file")
+    p.add_argument(
+        "overrides", nargs="*", help="where the data lives now, e.g. data.root=DIR (eval-free keys)"
+    )
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument(
+        "--test-prior",
+        action="append",
+        metavar="NAME",
+        help="also evaluate on a shifted test set drawn from the balanced one: forward50, "
+        "forward25, forward10, forward5, forward2, uniform, backward2 .. backward50, or all",
+    )
     p.add_argument("--out", help="where to write the metrics JSON (default RUN_DIR/eval.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "calibrate", help="fit post-hoc tau and a temperature on the val split; kept in the run"
+    )
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("overrides", nargs="*", help="e.g. data.val_per_class=200 (benchmarks)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="the model as ONNX or TorchScript, for serving")
+    p.add_argument("run_dir", help="run directory or checkpoint file")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or model.pt)")
+    p.add_argument("--prior", help="bake in a deployment prior: train, uniform or a prior file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_export)
 
     add_inspection_commands(sub)  # predict, cam, report
 
@@ -177,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True
     )
     p = data.add_parser("stats", help="class counts and shot groups of a config's training set")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("config", help="recipe file (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value, as for camlt train")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_data_stats)
     add_data_check(data)

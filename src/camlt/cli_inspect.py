@@ -40,9 +40,9 @@ def positive_int(text: str) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from camlt.predict import load_trained
+    from camlt.trained import open_run
 
-    loaded = load_trained(args.checkpoint, args.device)
+    loaded = open_run(args.checkpoint, device=args.device)
     if getattr(args, "max_pixels", None):
         loaded.spec = dataclasses.replace(loaded.spec, max_pixels=args.max_pixels)
     for warning in loaded.warnings:
@@ -64,8 +64,17 @@ def _images(items: list[str]) -> tuple[list[Path], int]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from camlt.predict import format_predictions, predict_files
+    from camlt.priors import parse_prior
 
     loaded = _load(args)
+    loaded.prior = parse_prior(args.prior, loaded.classes, loaded.train_counts)
+    if loaded.prior is not None and loaded.tau == 0 and loaded.cfg.loss.name in ("ce", "focal"):
+        print(
+            "camlt: warning: --prior assumes scores for a uniform prior, and this run's "
+            f"(loss.name={loaded.cfg.loss.name}, no fitted tau) still carry the training prior: "
+            "run camlt calibrate first",
+            file=sys.stderr,
+        )
     paths, missing = _images(args.images)
     results = predict_files(loaded, paths, args.topk, args.batch_size, _warn)
     print(format_predictions(results, args.format))
@@ -141,8 +150,19 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or globs")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table: aligned, one line an image; csv: one row an image and rank; json",
+    )
     p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument(
+        "--prior",
+        default="uniform",
+        help="class frequencies expected where the model is used: uniform (default), train (as "
+        "in training), or a file (JSON list or {class: number}, or one number a class a line)",
+    )
     _max_pixels_option(p)
     _device_option(p)
     p.set_defaults(func=cmd_predict)

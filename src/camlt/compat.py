@@ -19,7 +19,16 @@ from camlt.config import ConfigError, diff, load_yaml, merge
 
 # Keys that cannot change what a trained model computes on the test set: evaluation ignores them
 # (a run moved to another machine points data.root elsewhere; train.* only shaped the training).
-EVAL_FREE_KEYS = ("data.root", "data.download", "model.pretrained", "train.")
+# Where the files now live and which held-out images a val split takes are eval-free as well.
+EVAL_FREE_KEYS = (
+    "data.root",
+    "data.image_root",
+    "data.path_map",
+    "data.download",
+    "data.val_per_class",
+    "model.pretrained",
+    "train.",
+)
 SHOWN = 4  # differences listed per kind before "and N more"
 
 

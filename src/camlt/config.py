@@ -59,6 +59,9 @@ class DataConfig:
     labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
     bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
     max_pixels: int = 50_000_000  # an image claiming more pixels is refused before decoding
+    # in-memory benchmarks: a balanced val split of this many images a class, drawn from the
+    # training images the long-tailed subset leaves out (0: none); for camlt calibrate / eval
+    val_per_class: int = 0
     val_fraction: float = 0.0  # image_folder / csv: seeded per-class split fractions
     test_fraction: float = 0.2
     subsample: bool = False  # image_folder / csv: cut the training split to profile/imbalance
@@ -501,6 +504,8 @@ def validate(cfg: DictConfig) -> None:
         "model.camc.tau": cfg.model.camc.tau,
         "data.max_pixels": cfg.data.max_pixels,
     }
+    if cfg.data.val_per_class < 0:
+        raise ConfigError(f"data.val_per_class={cfg.data.val_per_class}: must be >= 0 images")
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value}: must be positive")

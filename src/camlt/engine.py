@@ -33,7 +33,7 @@ from camlt.checkpoint import (
     save_checkpoint,
     truncate_jsonl,
 )
-from camlt.compat import EVAL_FREE_KEYS, check_fits
+from camlt.compat import check_fits
 from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
@@ -53,12 +53,11 @@ from camlt.rundir import (
     FINAL_FILE,
     LABEL_MAP_FILE,
     METRICS_FILE,
-    resolve,
-    saved_config,
 )
 from camlt.sam import SharpnessAware, imbsam_gradients, sam_gradients, tail_classes
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
 from camlt.tblog import open_logger
+from camlt.trained import loader_logits
 
 # Keys that may differ on --resume without changing the result.
 RESUME_FREE_KEYS = (
@@ -452,24 +451,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     return {"loss": total_loss / max(seen, 1), "images_per_s": seen / seconds, "epoch_s": seconds}
 
 
-@torch.no_grad()
-def predict(
-    run_model: torch.nn.Module, loader: BatchLoader, device: torch.device, dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole evaluation loader."""
-    run_model.eval()
-    logits, labels = [], []
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    for images, y in loader:
-        with ctx:
-            logits.append(run_model(images.to(device)).logits.float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(logits), torch.cat(labels)
-
-
 def evaluate(run: Run, loader: object | None = None) -> dict:
     """Metrics on the test split (or ``loader``), gathered over every process."""
-    logits, labels = predict(run.model, loader or run.test_loader, run.device, run.dtype)
+    logits, labels = loader_logits(run.model, loader or run.test_loader, run.device, run.dtype)
     logits, labels = (
         distributed.gather_cat(logits, run.dist),
         distributed.gather_cat(labels, run.dist),
@@ -705,29 +689,3 @@ def fit(run: Run) -> dict:
         atomic_write_json(run.run_dir / FINAL_FILE, final)
         print(format_table(metrics, run.train_set.classes, run.train_counts), flush=True)
     return metrics
-
-
-def evaluate_checkpoint(path: str | Path) -> tuple[dict, list[str], list[int], Path]:
-    """Rebuild a run from its saved config and evaluate its checkpoint on the test split."""
-    run_dir, ckpt = resolve(path)
-    state = load_checkpoint(ckpt)
-    config_file = run_dir / CONFIG_FILE
-    cfg = from_yaml_file(config_file) if config_file.is_file() else saved_config(state, ckpt)
-    run = build_run(cfg, run_dir)
-    check_fits(
-        state,
-        ckpt,
-        cfg,
-        run.train_set.classes,
-        run.train_counts,
-        run.model,
-        relevant=lambda key: not key.startswith(EVAL_FREE_KEYS),
-    )
-    try:
-        run.model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{ckpt}: weights do not fit the model of its config: {err}"
-        ) from None
-    metrics = evaluate(run)
-    return metrics, run.train_set.classes, run.train_counts, run_dir

@@ -1,14 +1,12 @@
-"""Inference with a trained run: rebuild its model from the checkpoint, classify image files.
+"""Classify image files with a trained run (opened by ``camlt.trained.open_run``).
 
-The model is rebuilt from the config embedded in the checkpoint (the one its weights were
-trained under) and loaded with ``weights_only``, so a file from elsewhere cannot run code.
 Images are decoded with PIL and brought to the training input: same channels, size, padding
-and normalisation as the training tensors of ``camlt.data``.
+and normalisation as the training tensors of ``camlt.data``; the scores are the run's decision
+rule (its fitted tau and temperature, and the prior given for where it is used).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import io
@@ -18,107 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from camlt import __version__
-from camlt.checkpoint import CheckpointError, load_checkpoint
-from camlt.compat import EVAL_FREE_KEYS, weight_differences
-from camlt.config import ConfigError, diff, from_yaml_file
-from camlt.data.inputs import (
-    IMAGE_SUFFIXES,
-    InputSpec,
-    input_spec,
-    load_images,
-    normalise,
-)
-from camlt.distributed import resolve_device
+from camlt.data.inputs import IMAGE_SUFFIXES, load_images
 from camlt.errors import UsageError
-from camlt.losses import posthoc_adjust
-from camlt.models import LongTailClassifier, build_model
-from camlt.rundir import CONFIG_FILE, resolve, saved_config
-from camlt.stage2 import adapt_model
-
-
-# ----------------------------------------------------------------------------- the model
-@dataclass
-class LoadedModel:
-    """A trained model ready for inference, with what is needed to read its outputs."""
-
-    model: LongTailClassifier
-    cfg: DictConfig
-    classes: list[str]
-    train_counts: list[int]
-    spec: InputSpec
-    device: torch.device
-    checkpoint: Path
-    epoch: int
-    warnings: list[str]
-
-    def class_index(self, name_or_index: str) -> int:
-        """A class given by name or by index, with the valid names in the error."""
-        if name_or_index in self.classes:
-            return self.classes.index(name_or_index)
-        if name_or_index.lstrip("-").isdigit() and 0 <= int(name_or_index) < len(self.classes):
-            return int(name_or_index)
-        raise UsageError(
-            f"unknown class '{name_or_index}'; expected a name or an index 0..{len(self.classes) - 1}"
-            f": {', '.join(self.classes)}"
-        )
-
-    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
-        """The test-time correction evaluation applies (``loss.posthoc_tau``), so answers agree."""
-        tau = OmegaConf.select(self.cfg, "loss.posthoc_tau", default=0.0) or 0.0
-        return posthoc_adjust(logits.float(), self.train_counts, tau)
-
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Adjusted logits (N, K) on the CPU of a uint8 image batch, computed in batches."""
-        self.model.eval()
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = normalise(images[start : start + batch_size], self.spec).to(self.device)
-            out.append(self.adjust(self.model(batch).logits).cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
-
-
-def load_trained(path: str | Path, device: str | torch.device = "auto") -> LoadedModel:
-    """Rebuild and load the model of a run directory or checkpoint file for inference."""
-    run_dir, ckpt = resolve(path)
-    state = load_checkpoint(ckpt)
-    cfg = saved_config(state, ckpt)
-    warnings = []
-    beside = run_dir / CONFIG_FILE
-    if beside.is_file():
-        with contextlib.suppress(ConfigError):
-            changed = [
-                d for d in diff(from_yaml_file(beside), cfg) if not d.startswith(EVAL_FREE_KEYS)
-            ]
-            if changed:
-                warnings.append(
-                    f"{beside} differs from the config saved in {ckpt} (using the checkpoint's): "
-                    + "; ".join(changed)
-                )
-    classes = list(state.get("classes") or [])
-    counts = list(state.get("train_counts") or [])
-    if not classes or len(classes) != len(counts):
-        raise CheckpointError(f"{ckpt}: checkpoint lacks its class names or training counts")
-    spec = input_spec(cfg)
-    model = build_model(cfg.model, len(classes), spec.channels, counts)
-    model = adapt_model(model, cfg, len(classes))  # stage-2 runs wrap the backbone and head
-    problems = weight_differences(state.get("model"), model)
-    if problems:
-        written_by = state.get("camlt_version", "unknown")
-        raise CheckpointError(
-            f"{ckpt}: the weights do not fit the model of its config (model.backbone="
-            f"{cfg.model.backbone}, model.head={cfg.model.head}; written by camlt {written_by}, "
-            f"this is camlt {__version__}): " + "; ".join(problems)
-        )
-    model.load_state_dict(state["model"])
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model.to(dev).eval()
-    return LoadedModel(
-        model, cfg, classes, counts, spec, dev, ckpt, int(state.get("epoch", 0)), warnings
-    )
+from camlt.trained import LoadedModel
 
 
 # ----------------------------------------------------------------------------- images
@@ -163,7 +64,7 @@ class Prediction:
 
 
 def probabilities(loaded: LoadedModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Softmax probabilities (N, K) of a uint8 image batch."""
+    """Probabilities (N, K) of a uint8 image batch under the run's decision rule."""
     return loaded.logits(images, batch_size).softmax(dim=1)
 
 

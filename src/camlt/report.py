@@ -21,8 +21,8 @@ from camlt.config import to_yaml
 from camlt.data.inputs import set_images
 from camlt.errors import UsageError
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
-from camlt.predict import LoadedModel, load_trained
 from camlt.rundir import METRICS_FILE
+from camlt.trained import LoadedModel, open_run
 
 CONFUSION_FULL_MAX = 20  # above this many classes, show the most confused pairs instead
 CONFUSED_PAIRS = 20
@@ -101,7 +101,7 @@ def load_run_data(run_dir: str | Path, name: str, out: Path, device: str, test_s
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run directory")
-    loaded = load_trained(run_dir, device)
+    loaded = open_run(run_dir, device=device)
     if test_set is None:
         test_set = build_sets(loaded.cfg, verbose=False).test
     if list(test_set.classes) != loaded.classes:

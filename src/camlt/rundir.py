@@ -21,9 +21,17 @@ FINAL_FILE = "final_metrics.json"  # the final test metrics: the run has finishe
 BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
 LABEL_MAP_FILE = "label_map.json"  # class index -> original label (data.labels=remap)
 EVAL_FILE = "eval.json"  # what ``camlt eval`` writes by default
+CALIBRATION_FILE = "calibration.json"  # what ``camlt calibrate`` fitted (camlt.calibration)
+# What training and calibration write: no --out of another command may write over them.
+RUN_FILES = (
+    CHECKPOINT, CONFIG_FILE, METRICS_FILE, FINAL_FILE, BEST_CHECKPOINT, LABEL_MAP_FILE,
+    CALIBRATION_FILE,
+)  # fmt: skip
 
 __all__ = [
     "BEST_CHECKPOINT",
+    "CALIBRATION_FILE",
+    "RUN_FILES",
     "CHECKPOINT",
     "CONFIG_FILE",
     "EVAL_FILE",

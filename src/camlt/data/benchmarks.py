@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from camlt.data.clutter import ClutterSpec, render_split
 from camlt.data.inputs import DATASETS, DatasetSpec
@@ -56,6 +56,14 @@ def train_counts(cfg: DictConfig, available: list[int]) -> list[int]:
 
 def build_datasets(cfg: DictConfig) -> tuple[TensorImageSet, TensorImageSet]:
     """The long-tailed training set and the whole balanced test set."""
+    train, _, test = build_benchmark_sets(cfg)
+    return train, test
+
+
+def build_benchmark_sets(
+    cfg: DictConfig,
+) -> tuple[TensorImageSet, TensorImageSet | None, TensorImageSet]:
+    """Train, val (``data.val_per_class`` > 0, else None) and test sets of a benchmark."""
     splits, classes, spec = _load_raw(cfg)
     train, test = splits["train"], splits["test"]
     for split_name, split in splits.items():
@@ -69,8 +77,32 @@ def build_datasets(cfg: DictConfig) -> tuple[TensorImageSet, TensorImageSet]:
     keep = select_indices(train.labels, counts, cfg.data.split_seed)
     meta = {"split_seed": cfg.data.split_seed, "counts": counts}
     train_set = _image_set(cfg, spec, "train", train, keep, classes, meta)
+    val_set = None
+    per_class = OmegaConf.select(cfg, "data.val_per_class", default=0) or 0
+    if per_class > 0:
+        val_keep = val_indices(train.labels, keep, per_class, cfg.data.split_seed)
+        val_set = _image_set(cfg, spec, "train", train, val_keep, classes, {})
     test_set = _image_set(cfg, spec, "test", test, np.arange(len(test.labels)), classes, {})
-    return train_set, test_set
+    return train_set, val_set, test_set
+
+
+def val_indices(labels: np.ndarray, keep: np.ndarray, per_class: int, split_seed: int) -> np.ndarray:
+    """A balanced validation split of ``per_class`` images a class, drawn (seeded by the split
+    seed) from the training images the long-tailed subset left out: the subset is unchanged,
+    and no validation image is a training image or a test image."""
+    unused = np.ones(len(labels), dtype=bool)
+    unused[keep] = False
+    rng = np.random.default_rng([split_seed, 1])  # a stream of its own, apart from the subset's
+    chosen = []
+    for cls in range(int(labels.max()) + 1):
+        pool = np.flatnonzero(unused & (labels == cls))
+        if len(pool) < per_class:
+            raise DataError(
+                f"data.val_per_class={per_class}: class {cls} has only {len(pool)} training "
+                "images outside the long-tailed subset; lower data.val_per_class or data.n_max"
+            )
+        chosen.append(rng.permutation(pool)[:per_class])
+    return np.sort(np.concatenate(chosen))
 
 
 def _image_set(

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from camlt.data.augment import AugmentSettings, batch_policy
-from camlt.data.benchmarks import build_datasets
+from camlt.data.benchmarks import build_benchmark_sets
 from camlt.data.files import (
     FileImageSet,
     FileLoader,
@@ -113,9 +113,9 @@ def build_sets(cfg: DictConfig, verbose: bool = True) -> DataSets:
 
 
 def _memory_sets(cfg: DictConfig, verbose: bool) -> DataSets:
-    """An in-memory benchmark (``camlt.data.benchmarks``): no val split."""
-    train, test = build_datasets(cfg)
-    return DataSets(train, None, test, int(train.images.shape[1]))
+    """An in-memory benchmark (``camlt.data.benchmarks``): a val split with data.val_per_class."""
+    train, val, test = build_benchmark_sets(cfg)
+    return DataSets(train, val, test, int(train.images.shape[1]))
 
 
 def _file_sets(cfg: DictConfig, verbose: bool) -> DataSets:
