@@ -207,7 +207,18 @@ def test_eval_on_shifted_test_priors(runs, tmp_path, capsys):
     # 8 test images a class; forward2 keeps int(8 * 2 ** (-r / 9)) at rank r: 58 images
     assert shifted["forward2"]["num_samples"] == sum(int(8 * 2 ** (-r / 9)) for r in range(10))
     assert (
-        cli.main(["eval", str(runs["normalized"]), "--test-prior", "all", "--out", str(out), "--overwrite"]) == 2
+        cli.main(
+            [
+                "eval",
+                str(runs["normalized"]),
+                "--test-prior",
+                "all",
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
+        == 2
     )
     assert "would keep no image" in capsys.readouterr().err  # 8 images / 50: refused by name
 
@@ -321,3 +332,29 @@ def test_evaluate_run_is_eval(runs):
     metrics, loaded = evaluate_run(runs["normalized"], device="cpu")
     saved = json.loads((runs["normalized"] / "final_metrics.json").read_text())
     assert metrics == saved["metrics"]
+
+
+def test_the_readme_example_runs(runs, tmp_path, monkeypatch, capsys):
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- example:api", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "fmnist_lt").symlink_to(runs["normalized"])
+    (tmp_path / "shirt.png").write_bytes(runs["pngs"][0].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    top = namespace["top"][0]
+    assert len(top.names) == 3 and str(top.names) in capsys.readouterr().out
+    assert namespace["maps"]["raw_cam"].shape[0] == 1
+
+
+def test_a_map_negative_everywhere_is_drawn_cold():
+    from camlt.viz import upsample
+
+    negative = -torch.rand(4, 4) - 0.5
+    assert upsample(negative, (8, 8)).max() == 0.0
+    mixed = torch.tensor([[-2.0, 1.0], [0.5, -1.0]])
+    scaled = upsample(mixed, (2, 2))
+    assert scaled.max() == 1.0 and scaled.min() == 0.0 and scaled[0, 0] == 0.0

@@ -33,9 +33,16 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.stage2",
             "camlt.viz",
             "camlt.localisation",
+            "camlt.priors",
+            "camlt.calibration",
         )
     },
-    {"training": ("camlt.engine", "camlt.tblog"), "inference": ("camlt.predict",)},
+    # a trained run opened and evaluated: shared by training's evaluation and every reader of a run
+    {"evaluation": ("camlt.trained",)},
+    {
+        "training": ("camlt.engine", "camlt.tblog"),
+        "inference": ("camlt.predict", "camlt.export", "camlt.api"),
+    },
     {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.cli")},
 ]
 

@@ -23,6 +23,7 @@ from camlt.errors import UsageError
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
 from camlt.rundir import METRICS_FILE
 from camlt.trained import LoadedModel, open_run
+from camlt.viz import MAP_SCALE
 
 CONFUSION_FULL_MAX = 20  # above this many classes, show the most confused pairs instead
 CONFUSED_PAIRS = 20
@@ -159,11 +160,16 @@ def per_class_vs_count(runs: Sequence[RunData]):
         ax.scatter(run.counts, acc, color=COLORS[run.name], label=run.name, s=18, alpha=0.8)
     base = runs[0]
     if len(base.classes) <= CONFUSION_FULL_MAX:
+        placed: list[tuple[float, float]] = []
         for name, n, a in zip(base.classes, base.counts, base.metrics["per_class"], strict=True):
-            if a is not None:
-                ax.annotate(
-                    name, (n, 100 * a), fontsize=7, xytext=(3, 3), textcoords="offset points"
-                )
+            if a is None:
+                continue
+            # a label near one already placed goes a line lower, so names never overprint
+            near = sum(abs(np.log10(n) - x) < 0.25 and abs(100 * a - y) < 6 for x, y in placed)
+            placed.append((np.log10(n), 100 * a))
+            ax.annotate(
+                name, (n, 100 * a), fontsize=7, xytext=(3, 3 - 9 * near), textcoords="offset points"
+            )
     ax.set_xscale("log")
     ax.set(xlabel="training images of the class (log)", ylabel="test accuracy (%)", ylim=(-3, 103))
     ax.set_title("per-class accuracy against training count")
@@ -228,13 +234,15 @@ def confusion(run: RunData):
     matrix = torch.bincount(run.labels * k + pred, minlength=k * k).view(k, k).double()
     rates = (matrix / matrix.sum(1, keepdim=True).clamp_min(1)).numpy()
     if k <= CONFUSION_FULL_MAX:
+        order = table_order(run.counts)  # the class table's order: most training images first
+        matrix, rates = matrix[order][:, order], rates[order][:, order]
         fig, (ax,) = _figure(1, 7, 6)
         im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(k), run.classes, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(k), [run.classes[c] for c in order], rotation=60, ha="right", fontsize=8
+        )
         ax.set_yticks(
-            range(k),
-            [f"{c} ({n})" for c, n in zip(run.classes, run.counts, strict=True)],
-            fontsize=8,
+            range(k), [f"{run.classes[c]} (train {run.counts[c]})" for c in order], fontsize=8
         )
         if k <= 12:
             for i in range(k):
@@ -249,7 +257,7 @@ def confusion(run: RunData):
                             fontsize=6,
                             color="white" if rates[i, j] > 0.5 else "black",
                         )
-        ax.set(xlabel="predicted", ylabel="true (training count)")
+        ax.set(xlabel="predicted", ylabel="true (training images)")
         ax.set_title("confusion matrix (rows sum to 1)")
         fig.colorbar(im, ax=ax, shrink=0.8)
         return fig
@@ -258,7 +266,7 @@ def confusion(run: RunData):
     flat = np.argsort(off, axis=None)[::-1][:CONFUSED_PAIRS]
     pairs = [(i // k, i % k) for i in flat if off.flat[i] > 0]
     fig, (ax,) = _figure(1, 8, 0.3 * max(len(pairs), 4) + 1.2)
-    names = [f"{run.classes[t]} ({run.counts[t]}) -> {run.classes[p]}" for t, p in pairs]
+    names = [f"{run.classes[t]} (train {run.counts[t]}) -> {run.classes[p]}" for t, p in pairs]
     ax.barh(range(len(pairs)), [100 * off[t, p] for t, p in pairs], color=COLORS[run.name])
     ax.set_yticks(range(len(pairs)), names, fontsize=8)
     ax.invert_yaxis()
@@ -357,17 +365,31 @@ def _metrics_table(runs: Sequence[RunData]) -> str:
     return f"<table><tr><th>metric (%)</th>{head}</tr>{rows}</table>"
 
 
+def table_order(counts: Sequence[int]) -> list[int]:
+    """Classes by training count, most first: the order of every per-class table and figure."""
+    return sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+
+
 def _class_table(runs: Sequence[RunData]) -> str:
     base = runs[0]
-    head = "".join(f"<th>{html.escape(r.name)} acc</th>" for r in runs)
-    order = sorted(range(len(base.classes)), key=lambda c: -base.counts[c])
-    rows = "".join(
-        f"<tr><td>{html.escape(base.classes[c])}</td><td>{base.counts[c]}</td>"
-        + "".join(f"<td>{_pct(r.metrics['per_class'][c])}</td>" for r in runs)
-        + "</tr>"
-        for c in order
+    tests = base.metrics.get("test_counts") or [""] * len(base.classes)
+    head = "".join(
+        f"<th>{html.escape(r.name)} recall</th><th>{html.escape(r.name)} F1</th>" for r in runs
     )
-    return f"<table><tr><th>class</th><th>train</th>{head}</tr>{rows}</table>"
+    rows = "".join(
+        f"<tr><td>{html.escape(base.classes[c])}</td><td>{base.counts[c]}</td><td>{tests[c]}</td>"
+        + "".join(
+            f"<td>{_pct(r.metrics['per_class'][c])}</td>"
+            f"<td>{_pct((r.metrics.get('per_class_f1') or [None] * len(base.classes))[c])}</td>"
+            for r in runs
+        )
+        + "</tr>"
+        for c in table_order(base.counts)
+    )
+    return (
+        f"<table><tr><th>class</th><th>training images</th><th>test images</th>{head}</tr>"
+        f"{rows}</table>"
+    )
 
 
 def _describe(run: RunData) -> str:
@@ -424,36 +446,42 @@ def build_report(
                 + "; ".join(diff(run.loaded.cfg.data, base.loaded.cfg.data, "data."))
             )
         runs.append(base)
+    both = ": the run and the baseline." if baseline else "."
+    run_only = ": the run only." if baseline else "."
     makers = {
         "learning_curves": (
             lambda: learning_curves(runs),
-            "Learning curves: loss, learning rate and test accuracy per epoch.",
+            "Learning curves: loss, learning rate and test accuracy per epoch" + both,
         ),
         "per_class_accuracy": (
             lambda: per_class_vs_count(runs),
-            "Per-class test accuracy against the class's training count (log scale).",
+            "Per-class test accuracy against the class's training count (log scale)" + both,
         ),
         "groups": (
             lambda: group_bars(runs),
-            "Many (>100) / medium (20..100) / few (<20) shot groups and head / middle / tail thirds.",
+            "Many (>100) / medium (20..100) / few (<20) shot groups and head / middle / tail thirds"
+            + both,
         ),
         "reliability": (
             lambda: reliability(runs),
-            f"Reliability diagram: accuracy per confidence bin ({ECE_BINS} bins).",
+            f"Reliability diagram: accuracy per confidence bin ({ECE_BINS} bins)" + both,
         ),
         "confusion": (
             lambda: confusion(run),
-            "Confusion on the test set (the most confused pairs when there are many classes).",
+            "Confusion on the test set (the most confused pairs when there are many classes), "
+            "classes in the class table's order" + run_only,
         ),
         "tail_cams": (
             lambda: tail_cam_grid(run, test_set, cam_images),
             "CAM overlays of tail-class test images, for the predicted class (with the object's "
-            "box, and each map's share inside it, where the data set has boxes).",
+            f"box, and each map's share inside it, where the data set has boxes); {MAP_SCALE}"
+            + run_only,
         ),
         "localisation": (  # only a data set with boxes (the cluttered benchmark) has this one
             lambda: localisation_vs_count(runs, test_set),
             "Localisation: each map's positive mass inside the object's box, per class, against "
-            "the class's training count; the dashed line is a map spread evenly (the box's share).",
+            "the class's training count; the dashed line is a map spread evenly (the box's share)"
+            + both,
         ),
     }
     figures: dict[str, tuple[str, str]] = {}

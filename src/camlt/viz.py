@@ -126,12 +126,19 @@ def tail_samples(labels: torch.Tensor, counts: list[int], limit: int) -> list[in
 
 
 def upsample(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """One (h, w) map bilinearly resized to the image size, min-max scaled to [0, 1]."""
+    """One (h, w) map bilinearly resized to the image size, on the panels' stated scale: 0 (cold)
+    to the map's largest positive value (hot). Negative values say "not this class" and are drawn
+    cold, so a map that is negative everywhere shows no evidence, as min-max scaling would."""
     big = F.interpolate(cam[None, None].float(), size=size, mode="bilinear", align_corners=False)
-    big = big[0, 0]
-    lo, hi = big.min(), big.max()
-    scaled = (big - lo) / (hi - lo) if hi > lo else torch.zeros_like(big)
-    return scaled.numpy()
+    big = big[0, 0].clamp_min(0)
+    hi = big.max()
+    return (big / hi if hi > 0 else torch.zeros_like(big)).numpy()
+
+
+MAP_SCALE = (
+    "each map coloured from 0 (cold) to its own largest positive value (hot); negative values "
+    "(evidence against the class) cold"
+)
 
 
 def image_rgb(image: torch.Tensor) -> np.ndarray:
