@@ -32,6 +32,7 @@ import clutter
 import foundation_table
 import full_recipe
 import recipes
+import subsets
 import table
 from table import Row
 
@@ -49,6 +50,7 @@ TABLES = {
     "full_recipe": full_recipe.ROWS,
     "recipes": recipes.ROWS,
     "clutter": clutter.ROWS,
+    "subsets": subsets.ROWS,
 }
 SCRIPTS = {
     "foundation": "foundation_table.py",
@@ -57,6 +59,7 @@ SCRIPTS = {
     "full_recipe": "full_recipe.py",
     "recipes": "recipes.py",
     "clutter": "clutter.py",
+    "subsets": "subsets.py",
 }
 # What decides the issues' open questions comes first; long runs early, so they can finish. The
 # 200-epoch runs beyond the recipe's default come last: each costs as much as 6 rows of 30 epochs.
@@ -79,6 +82,7 @@ FIRST = [
     *FULL[1:3],
     *recipes.FIRST,
     *clutter.FIRST,
+    *(row.name for row in subsets.ROWS),  # the subset's share of the spread (issue 33)
 ]
 
 

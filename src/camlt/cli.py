@@ -182,6 +182,7 @@ def data_stats(cfg) -> dict:
         "counts": counts,
         "imbalance_factor": max(counts) / min(counts),
         "split_seed": cfg.data.split_seed,
+        "subset_rule": getattr(train_set, "meta", {}).get("subset_rule"),
         **{name: len(members) for name, members in groups.items()},
         **{f"{name}_classes": members for name, members in frequency_thirds(counts).items()},
         "test_sha256": test_fingerprint(test_set),
@@ -211,6 +212,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         f"{stats['dataset']}: {stats['num_images']} training images in {stats['num_classes']} classes "
         f"(test {stats['num_test_images']}), imbalance {stats['imbalance_factor']:.1f}, "
         f"split seed {stats['split_seed']}"
+        + (f", subset rule {stats['subset_rule']}" if stats["subset_rule"] else "")
     )
     print(f"shot groups: many {stats['many']}, medium {stats['medium']}, few {stats['few']}")
     for name, n in zip(stats["classes"], stats["counts"], strict=True):

@@ -1,14 +1,16 @@
 """``camlt report``: one self-contained HTML page of a run, with PNG figures beside it.
 
-The run's checkpoint is evaluated once on its test set (rebuilt from the run's config); the
-logits are cached in the output folder, keyed by the checkpoint's size and time, and every
-figure reads them. The page has no external resources: open it from disk or copy the folder.
+The run's checkpoint is evaluated once on its test set (rebuilt from the run's config); the raw
+logits are cached in the output folder, keyed by the checkpoint (path, size, time) and the test
+data (a hash), the run's decision rule applied after, and every figure reads them. The page has no external resources: open it from disk or copy the folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +56,9 @@ class RunData:
 # ----------------------------------------------------------------------------- predictions
 @torch.no_grad()
 def _test_logits(loaded: LoadedModel, test_set) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adjusted logits and labels of a whole test set: in-memory tensors or image files."""
+    """Raw logits and labels of a whole test set: in-memory tensors or image files."""
     if hasattr(test_set, "images"):
-        return loaded.logits(test_set.images), test_set.labels
+        return loaded.raw_logits(test_set.images), test_set.labels
     from camlt.data.files import FileLoader, LoaderOptions
 
     train = loaded.cfg.train
@@ -65,22 +67,39 @@ def _test_logits(loaded: LoadedModel, test_set) -> tuple[torch.Tensor, torch.Ten
     logits, labels = [], []
     loaded.model.eval()
     for images, y in loader:  # undecodable files (data.bad_images=skip) are left out
-        logits.append(loaded.adjust(loaded.model(images).logits).cpu())
+        logits.append(loaded.model(images).logits.float().cpu())
         labels.append(y.cpu())
     loader.close()
     return torch.cat(logits), torch.cat(labels)
 
 
+def data_key(test_set) -> str:
+    """What the test set is: its pixels and labels (in memory) or its files' names, sizes and
+    modification times, hashed; cached predictions of other data are never reused."""
+    digest = hashlib.sha256()
+    if hasattr(test_set, "images"):
+        for part in (test_set.images, test_set.labels):
+            digest.update(part.contiguous().cpu().numpy().tobytes())
+    else:
+        for path, label in zip(test_set.files, test_set.labels.tolist(), strict=True):
+            stat = os.stat(path) if os.path.exists(path) else None
+            digest.update(
+                f"{path}|{label}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()
+
+
 def test_predictions(
     loaded: LoadedModel, test_set, cache: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-set logits and labels, reused from ``cache`` while the checkpoint is unchanged."""
+    """Raw test-set logits and labels, reused from ``cache`` while the checkpoint and the data
+    are unchanged (the decision rule is applied after, so a new calibration needs no new pass)."""
     stat = loaded.checkpoint.stat()
     key = [
         str(loaded.checkpoint.resolve()),
         int(stat.st_size),
         int(stat.st_mtime_ns),
-        len(test_set),
+        data_key(test_set),
     ]
     if cache.is_file():
         try:
@@ -107,7 +126,8 @@ def load_run_data(run_dir: str | Path, name: str, out: Path, device: str, test_s
         test_set = build_sets(loaded.cfg, verbose=False).test
     if list(test_set.classes) != loaded.classes:
         raise UsageError(f"{run_dir}: its classes differ from the test set it is compared on")
-    logits, labels = test_predictions(loaded, test_set, out / f"predictions_{name}.pt")
+    raw, labels = test_predictions(loaded, test_set, out / f"predictions_{name}.pt")
+    logits = loaded.adjust(raw)
     metrics = evaluate_predictions(logits, labels, loaded.train_counts)
     history = read_jsonl(run_dir / METRICS_FILE)
     return RunData(name, run_dir, loaded, logits, labels, metrics, history), test_set

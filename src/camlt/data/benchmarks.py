@@ -10,7 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from camlt.data.clutter import ClutterSpec, render_split
 from camlt.data.inputs import DATASETS, DatasetSpec
-from camlt.data.longtail import counts_for_order, select_indices
+from camlt.data.longtail import (
+    counts_for_order,
+    select_indices,
+    select_indices_shared,
+    shared_counts,
+)
 from camlt.data.sources import FMNIST_CLASSES, ArraySplit, DataError, load_cifar, load_fmnist
 from camlt.data.tensors import TensorImageSet
 
@@ -41,9 +46,13 @@ def train_counts(cfg: DictConfig, available: list[int]) -> list[int]:
         return list(available)
     spec = DATASETS[cfg.data.name]
     n_max = cfg.data.n_max or spec.n_max
-    counts = counts_for_order(
-        num_classes, n_max, cfg.data.imbalance, cfg.data.profile, class_order(cfg, num_classes)
-    )
+    if spec.subset_rule == "shared":  # the rule's own float order, classes in index order
+        counts = shared_counts(num_classes, n_max, cfg.data.imbalance, cfg.data.profile)
+        counts = [counts[rank] for rank in _ranks(class_order(cfg, num_classes))]
+    else:
+        counts = counts_for_order(
+            num_classes, n_max, cfg.data.imbalance, cfg.data.profile, class_order(cfg, num_classes)
+        )
     for cls, (want, have) in enumerate(zip(counts, available, strict=True)):
         if want > have:
             raise DataError(f"class {cls} has {have} training images; the profile asks for {want}")
@@ -52,6 +61,19 @@ def train_counts(cfg: DictConfig, available: list[int]) -> list[int]:
                 f"class {cls} would keep no image (n_max={n_max}, imbalance={cfg.data.imbalance})"
             )
     return counts
+
+
+def _ranks(order: list[int]) -> list[int]:
+    """The rank of each class (in class-index order) under a class order."""
+    ranks = [0] * len(order)
+    for rank, cls in enumerate(order):
+        ranks[cls] = rank
+    return ranks
+
+
+def subset_rule(cfg: DictConfig) -> str:
+    """Which rule picks the long-tailed subset's images (``camlt.data.longtail``)."""
+    return DATASETS[cfg.data.name].subset_rule
 
 
 def build_datasets(cfg: DictConfig) -> tuple[TensorImageSet, TensorImageSet]:
@@ -74,8 +96,9 @@ def build_benchmark_sets(
     if 0 in available:
         raise DataError(f"class {available.index(0)} has no training image")
     counts = train_counts(cfg, available)
-    keep = select_indices(train.labels, counts, cfg.data.split_seed)
-    meta = {"split_seed": cfg.data.split_seed, "counts": counts}
+    select = select_indices_shared if spec.subset_rule == "shared" else select_indices
+    keep = select(train.labels, counts, cfg.data.split_seed)
+    meta = {"split_seed": cfg.data.split_seed, "counts": counts, "subset_rule": spec.subset_rule}
     train_set = _image_set(cfg, spec, "train", train, keep, classes, meta)
     val_set = None
     per_class = OmegaConf.select(cfg, "data.val_per_class", default=0) or 0
@@ -86,7 +109,9 @@ def build_benchmark_sets(
     return train_set, val_set, test_set
 
 
-def val_indices(labels: np.ndarray, keep: np.ndarray, per_class: int, split_seed: int) -> np.ndarray:
+def val_indices(
+    labels: np.ndarray, keep: np.ndarray, per_class: int, split_seed: int
+) -> np.ndarray:
     """A balanced validation split of ``per_class`` images a class, drawn (seeded by the split
     seed) from the training images the long-tailed subset left out: the subset is unchanged,
     and no validation image is a training image or a test image."""

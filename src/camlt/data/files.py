@@ -114,7 +114,6 @@ class FileImageSet(Dataset):
                 cpu.set_state(state)
         return tensor, int(self.labels[index])
 
-
     def _bad(self, path: str, reason: str) -> tuple[None, str]:
         """A bad image is dropped (data.bad_images=skip) or refused with the way round it."""
         if not self.skip_bad:

@@ -63,6 +63,9 @@ class DatasetSpec:
     files: str = "cifar"  # whose files it reads: fmnist | cifar
     hard_order: tuple[int, ...] | None = None  # the classes of data.order=hard, by rank
     cluttered: bool = False  # drawn on a canvas among clutter, with boxes (camlt.data.clutter)
+    # which images the long-tailed subset keeps (camlt.data.longtail.SUBSET_RULES): "shared" is
+    # the CIFAR-LT rule of the published numbers; "camlt" this project's own generator
+    subset_rule: str = "camlt"
 
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
@@ -77,8 +80,12 @@ DATASETS: Registry[DatasetSpec] = Registry(
         "fmnist_lt_clutter": DatasetSpec(
             10, 5000, CLUTTER_MEAN, CLUTTER_STD, side=32, cluttered=True, **_FMNIST
         ),
-        "cifar10_lt": DatasetSpec(10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        "cifar100_lt": DatasetSpec(100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        "cifar10_lt": DatasetSpec(
+            10, 5000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), subset_rule="shared"
+        ),
+        "cifar100_lt": DatasetSpec(
+            100, 500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), subset_rule="shared"
+        ),
     },
 )
 

@@ -1,4 +1,16 @@
-"""Long-tailed subsets of balanced datasets, exactly as BENCHMARKS.md specifies them."""
+"""Long-tailed subsets of balanced datasets: which images of each class a subset keeps.
+
+Two rules (``SUBSET_RULES``):
+
+- ``shared``: the CIFAR-LT subset nearly every published CIFAR-LT number is on (LDAM-DRW's
+  ``imbalance_cifar.py``, copied by RIDE, SADE, BalPoE, MiSLAS, PaCo, BCL, ProCo and others):
+  NumPy's legacy generator seeded once with the split seed; for each class in index order, that
+  class's indices (in file order) shuffled in place and the first n_i kept, one generator serving
+  every class in turn; n_i = ``int(n_max * (1 / IF) ** (i / (C - 1.0)))``, in that float order.
+- ``camlt``: this project's own draw (a ``default_rng`` permutation per class) with
+  ``int(n_max * IF ** (-i / (C - 1)))``. Fashion-MNIST-LT keeps it: its published tables rest on
+  it, and no paper's Fashion-MNIST-LT images exist to match.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +57,43 @@ def select_indices(labels: np.ndarray, counts_by_class: Sequence[int], seed: int
         if wanted < 1:
             raise UsageError(f"class {cls} would keep no image: raise n_max or lower imbalance")
         chosen.append(rng.permutation(pool)[:wanted])
+    return np.sort(np.concatenate(chosen))
+
+
+SUBSET_RULES = ("shared", "camlt")
+
+
+def shared_counts(num_classes: int, n_max: int, imbalance: float, profile: str) -> list[int]:
+    """The shared rule's images per class, with its own float order (``get_img_num_per_cls``)."""
+    if profile not in ("exp", "step"):
+        raise UsageError(f"unknown long-tail profile '{profile}': expected exp or step")
+    factor = 1.0 / imbalance
+    if profile == "step":
+        half = num_classes // 2
+        return [n_max] * half + [int(n_max * factor)] * (num_classes - half)
+    if num_classes == 1:
+        return [n_max]
+    return [int(n_max * (factor ** (i / (num_classes - 1.0)))) for i in range(num_classes)]
+
+
+def select_indices_shared(
+    labels: np.ndarray, counts_by_class: Sequence[int], seed: int = 0
+) -> np.ndarray:
+    """The shared rule's images (sorted): one legacy RandomState, classes in index order, each
+    class's indices shuffled in place and the first n_c kept."""
+    labels = np.asarray(labels)
+    legacy = np.random.RandomState(seed)  # what np.random.seed(seed) seeds for np.random.shuffle
+    chosen = []
+    for cls, wanted in enumerate(counts_by_class):
+        pool = np.where(labels == cls)[0]
+        if wanted > len(pool):
+            raise UsageError(
+                f"class {cls} has {len(pool)} images but the profile asks for {wanted}"
+            )
+        if wanted < 1:
+            raise UsageError(f"class {cls} would keep no image: raise n_max or lower imbalance")
+        legacy.shuffle(pool)
+        chosen.append(pool[:wanted])
     return np.sort(np.concatenate(chosen))
 
 
