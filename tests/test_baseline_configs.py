@@ -155,3 +155,54 @@ def test_the_baseline_recipes_are_short():
         keys = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
         assert keys[0].startswith("base: "), path.name
         assert len(keys) <= 5, path.name
+
+
+# The learning rate each source's code uses in its key epochs (0-based), written out here from the
+# sources (LDAM-DRW's cifar_train.py: lr x epoch/5 for 1-based epochs 1..5, x0.01 after 160 and
+# x0.0001 after 180; the community recipe: per-step warm-up over 5 epochs, x0.1 at 160 and 180).
+LDAM_LR = {
+    0: 0.02,
+    1: 0.04,
+    4: 0.1,
+    5: 0.1,
+    159: 0.1,
+    160: 0.001,
+    179: 0.001,
+    180: 0.00001,
+    199: 0.00001,
+}
+COMMUNITY_LR = {5: 0.1, 159: 0.1, 160: 0.01, 179: 0.01, 180: 0.001, 199: 0.001}
+SCHEDULES = {
+    "ce": LDAM_LR,
+    "focal": LDAM_LR,
+    "cb_focal": LDAM_LR,
+    "ldam_drw": LDAM_LR,
+    "ceiling": LDAM_LR,
+    "balanced_softmax": LDAM_LR,
+    "logit_adjust": LDAM_LR,
+    "camc": COMMUNITY_LR,
+}
+
+
+@pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
+@pytest.mark.parametrize("method", sorted(SCHEDULES))
+def test_each_baseline_follows_its_sources_schedule(dataset, method):
+    from camlt.engine import lr_factor
+
+    path = ROOT / "configs" / "baselines" / f"{dataset}_{method}.yaml"
+    text = path.read_text()
+    assert "\n# source: " in text and "\n# departs: " in text  # named, with its departures
+    cfg = load_config(path)
+    steps = 96  # CIFAR-10-LT's 12,406 images in batches of 128, the last partial one dropped
+    for epoch, lr in SCHEDULES[method].items():
+        first = cfg.train.lr * lr_factor(epoch * steps, steps, cfg.train)
+        last = cfg.train.lr * lr_factor(epoch * steps + steps - 1, steps, cfg.train)
+        assert first == pytest.approx(lr) and last == pytest.approx(lr), (epoch, first, last)
+    assert cfg.train.weight_decay == 2e-4 and cfg.train.batch_size == 128
+
+
+def test_every_baseline_and_cifar_recipe_names_its_source():
+    for path in sorted((ROOT / "configs" / "baselines").glob("*.yaml")):
+        assert "\n# source: " in path.read_text(), path.name
+    for name in ("cifar10_lt", "cifar100_lt", "cifar10_lt_strong", "cifar100_lt_strong"):
+        assert "# source: " in (ROOT / "configs" / f"{name}.yaml").read_text(), name

@@ -127,6 +127,9 @@ class TrainConfig:
     weight_decay: float = 2e-4
     nesterov: bool = False
     warmup_epochs: int = 5
+    # step: the lr rises linearly every step of the warm-up; epoch: lr x (e + 1) / warmup_epochs
+    # through 0-based epoch e, as LDAM-DRW's and RIDE's CIFAR code does
+    warmup: str = "step"
     schedule: str = "multistep"  # multistep | cosine
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     lr_decay: float = 0.1
@@ -452,6 +455,7 @@ _CHOICES = {
     "model.camc.variant": ("section2", "class"),
     "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
+    "train.warmup": ("step", "epoch"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.compile": COMPILE_MODES,
     "train.device": ("auto", "cpu", "cuda"),

@@ -138,9 +138,12 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: DictConfig) -> float:
-    """Linear warm-up over ``warmup_epochs``, then multistep or cosine decay (per step)."""
+    """Linear warm-up over ``warmup_epochs`` (per step, or per epoch with ``warmup=epoch``), then
+    multistep or cosine decay (per step)."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
+        if OmegaConf.select(cfg, "warmup", default="step") == "epoch":
+            return (step // steps_per_epoch + 1) / cfg.warmup_epochs
         return (step + 1) / warm
     if cfg.schedule == "cosine":
         total = max(1, cfg.epochs * steps_per_epoch - warm)
