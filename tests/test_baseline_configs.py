@@ -206,3 +206,24 @@ def test_every_baseline_and_cifar_recipe_names_its_source():
         assert "\n# source: " in path.read_text(), path.name
     for name in ("cifar10_lt", "cifar100_lt", "cifar10_lt_strong", "cifar100_lt_strong"):
         assert "# source: " in (ROOT / "configs" / f"{name}.yaml").read_text(), name
+
+
+def test_a_references_init_and_normalisation(tiny_cfg):
+    import math
+
+    import torch
+
+    from camlt.data import build_sets
+    from camlt.data.sources import DataError
+    from camlt.models import build_model
+
+    cfg = tiny_cfg("model.init=fan_in", "model.head=linear", "data.std=[0.5]", "data.mean=[0.25]")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 10, 1, [1] * 10)
+    conv = model.backbone.layers[0].conv1.weight  # 16 x 16 x 3 x 3: fan_in 144
+    assert conv.std().item() == pytest.approx(math.sqrt(2 / 144), rel=0.1)
+    linear = model.head.classifier.weight  # 10 x 64: fan_in 64, kaiming's gain sqrt(2)
+    assert linear.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.25)
+    assert build_sets(cfg).train.std == (0.5,) and build_sets(cfg).train.mean == (0.25,)
+    with pytest.raises(DataError, match=r"data.std=\[0.5, 0.5\]: fmnist_lt has 1 channel"):
+        build_sets(tiny_cfg("data.std=[0.5,0.5]"))

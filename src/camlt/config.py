@@ -72,6 +72,10 @@ class DataConfig:
     randaugment_magnitude: int = 9  # RandAugment's M, 0..30
     cutout_size: int | None = None  # cutout's square side in pixels; default half the image side
     erasing_prob: float = 0.5  # random erasing's probability per image
+    # in-memory benchmarks: the per-channel normalisation; default the dataset's own statistics
+    # (a source's recipe may use others: LDAM-DRW's CIFAR std is 0.2023, 0.1994, 0.2010)
+    mean: list[float] | None = None
+    std: list[float] | None = None
     image_size: int = 224  # file datasets: crop size; evaluation resizes to resize_size first
     resize_size: int = 256
     clutter: ClutterConfig = field(default_factory=ClutterConfig)
@@ -100,6 +104,9 @@ class ModelConfig:
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False
     pretrained: str | None = None  # a weights file for torchvision backbones
+    # camlt: each backbone's own (CIFAR ResNets: kaiming normal, fan_out) and torch's defaults;
+    # fan_in: kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR code
+    init: str = "camlt"
     camc: CAMCConfig = field(default_factory=CAMCConfig)
     init_from: str | None = None  # a finished stage-1 run directory (with stage2.method)
 
@@ -456,6 +463,7 @@ _CHOICES = {
     "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
     "train.warmup": ("step", "epoch"),
+    "model.init": ("camlt", "fan_in"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.compile": COMPILE_MODES,
     "train.device": ("auto", "cpu", "cuda"),
@@ -508,6 +516,10 @@ def validate(cfg: DictConfig) -> None:
         "model.camc.tau": cfg.model.camc.tau,
         "data.max_pixels": cfg.data.max_pixels,
     }
+    for key in ("mean", "std"):
+        values = cfg.data[key]
+        if values is not None and (not values or (key == "std" and min(values) <= 0)):
+            raise ConfigError(f"data.{key}={list(values)}: one number a channel (std above 0)")
     if cfg.data.val_per_class < 0:
         raise ConfigError(f"data.val_per_class={cfg.data.val_per_class}: must be >= 0 images")
     for key, value in positive.items():

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from camlt.data.clutter import ClutterSpec, render_split
-from camlt.data.inputs import DATASETS, DatasetSpec
+from camlt.data.inputs import DATASETS, DatasetSpec, normalisation
 from camlt.data.longtail import (
     counts_for_order,
     select_indices,
@@ -153,8 +153,7 @@ def _image_set(
         torch.from_numpy(np.ascontiguousarray(images)),
         torch.from_numpy(np.asarray(split.labels[keep], dtype=np.int64)),
         classes,
-        spec.mean,
-        spec.std,
+        *normalisation(cfg, spec),
         meta,
         None if boxes is None else torch.from_numpy(boxes),
     )

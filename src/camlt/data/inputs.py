@@ -108,14 +108,29 @@ class InputSpec:
         return (self.channels, side, side)
 
 
+def normalisation(
+    cfg: DictConfig, spec: DatasetSpec
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's mean and std, or ``data.mean`` / ``data.std`` where a recipe sets them."""
+    out = []
+    for key, default in (("mean", spec.mean), ("std", spec.std)):
+        given = OmegaConf.select(cfg, f"data.{key}", default=None)
+        if given is not None and len(given) != spec.channels:
+            raise DataError(
+                f"data.{key}={list(given)}: {cfg.data.name} has {spec.channels} channel(s), one "
+                "number each"
+            )
+        out.append(tuple(float(v) for v in given) if given is not None else default)
+    return out[0], out[1]
+
+
 def input_spec(cfg: DictConfig) -> InputSpec:
     """The input of a config's dataset, matching what ``camlt.data`` feeds the model in training."""
     spec = DATASETS.get(cfg.data.name)
     limit = OmegaConf.select(cfg, "data.max_pixels", default=MAX_PIXELS)
     if spec is not None:  # an in-memory benchmark: its declared shape and statistics
-        return InputSpec(
-            spec.channels, spec.side, spec.pad, mean=spec.mean, std=spec.std, max_pixels=limit
-        )
+        mean, std = normalisation(cfg, spec)
+        return InputSpec(spec.channels, spec.side, spec.pad, mean=mean, std=std, max_pixels=limit)
     # Image files (camlt.data.files): RGB, short side to data.resize_size, center crop.
     size = OmegaConf.select(cfg, "data.image_size", default=224)
     resize = OmegaConf.select(cfg, "data.resize_size", default=round(size * 256 / 224))

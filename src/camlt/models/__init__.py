@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from camlt.heads import HeadOutput, build_head
@@ -40,4 +40,15 @@ def build_model(
         model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained
     )
     head = build_head(backbone.out_channels, num_classes, model_cfg, class_counts)
-    return LongTailClassifier(backbone, head)
+    model = LongTailClassifier(backbone, head)
+    if OmegaConf.select(model_cfg, "init", default="camlt") == "fan_in":
+        reference_init(model)
+    return model
+
+
+def reference_init(model: nn.Module) -> None:
+    """kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR ResNets
+    start (``model.init=fan_in``), for reproducing a reference row."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight)
