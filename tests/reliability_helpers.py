@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, tiny_overrides
 
 from camlt import rundir
-from camlt.checkpoint import load_checkpoint, read_jsonl
+from camlt.checkpoint import TEMP_PREFIX, load_checkpoint, read_jsonl
 from camlt.config import load_config
 
 RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
@@ -57,7 +57,7 @@ def kill_after_first_checkpoint(cfg, run_dir: Path, monkeypatch) -> None:
 
 
 def temp_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.glob(".*.tmp"))
+    return sorted(p.name for p in directory.glob(f"{TEMP_PREFIX}*.tmp"))
 
 
 class FailingOs:
@@ -76,7 +76,11 @@ class FailingOs:
 
     def _hit(self, fd: int) -> bool:
         """Whether this is the write to fail: the on_call-th one to a temp file of target."""
-        if not os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(f".{self.target}."):
+        if (
+            not os.readlink(f"/proc/self/fd/{fd}")
+            .rsplit("/", 1)[-1]
+            .startswith(f"{TEMP_PREFIX}{self.target}.")
+        ):
             return False
         self.calls += 1
         return self.calls == self.on_call

@@ -185,9 +185,41 @@ def test_weights_that_blow_up_on_an_epochs_last_step_are_never_checkpointed(
 def test_temp_files_of_a_killed_writer_are_removed_on_resume(data_root, tmp_path):
     run_dir = tmp_path / "run"
     engine.train(tiny(data_root, run_dir, "train.epochs=1"), run_dir)
-    stale = run_dir / ".checkpoint.pt.k9x_2abc.tmp"
+    stale = run_dir / ".camlt-tmp-checkpoint.pt.k9x_2abc.tmp"
     stale.write_bytes(b"half a checkpoint")
-    mine = run_dir / "notes.tmp"
-    mine.write_text("a user's file")
+    mine = [run_dir / "notes.tmp", run_dir / ".backup.abcdefgh.tmp"]  # a user's, not camlt's
+    for path in mine:
+        path.write_text("a user's file")
     engine.train(tiny(data_root, run_dir, "train.epochs=1"), run_dir, resume=True)
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and all(path.exists() for path in mine)
+
+
+def test_a_run_writes_only_into_a_directory_it_owns(data_root, tmp_path):
+    # a folder that is no run: the user's own config.yaml, results and a file named like a temp
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    files = {"config.yaml": "mine: 1\n", "final_metrics.json": "{}", ".backup.abcdefgh.tmp": "x"}
+    for name, text in files.items():
+        (foreign / name).write_text(text)
+    for resume in (False, True):
+        with pytest.raises(CheckpointError, match="holds files camlt did not write"):
+            engine.train(tiny(data_root, foreign), foreign, resume=resume)
+    assert {p.name: p.read_text() for p in foreign.iterdir()} == files  # not a byte written
+    # a finished run of camlt's whose checkpoint is gone: a fresh train refuses, naming it
+    run_dir = tmp_path / "run"
+    engine.train(tiny(data_root, run_dir, "train.epochs=1"), run_dir)
+    (run_dir / "checkpoint.pt").unlink()
+    before = (run_dir / "final_metrics.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"already holds a run \(metrics.jsonl, final_"):
+        engine.train(tiny(data_root, run_dir, "train.epochs=1"), run_dir)
+    assert (run_dir / "final_metrics.json").read_bytes() == before
+
+
+def test_a_linked_run_directory_is_resolved_and_stated(data_root, tmp_path, capsys):
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    real.mkdir()
+    engine.train(tiny(data_root, link, "train.epochs=1"), link)
+    assert f"is a link: training in {real.resolve()}" in capsys.readouterr().out
+    assert (real / "checkpoint.pt").is_file() and (real / ".camlt-run").is_file()

@@ -33,10 +33,13 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the run."""
 
 
+TEMP_PREFIX = ".camlt-tmp-"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temp file, fsync, rename, fsync dir)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
         with os.fdopen(fd, "wb") as fh:
@@ -75,12 +78,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         ) from err
 
 
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write_bytes' mkstemp creates
+# what atomic_write_bytes' mkstemp creates: a name only camlt makes, so a user's own file that
+# happens to end in .tmp is never taken for one
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     """Delete the temp files a killed writer left behind; call only while holding RunLock."""
-    stale = [t for t in Path(directory).glob(".*.tmp") if _TEMP_NAME.fullmatch(t.name)]
+    stale = [t for t in Path(directory).glob(f"{TEMP_PREFIX}*.tmp") if _TEMP_NAME.fullmatch(t.name)]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

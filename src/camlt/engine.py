@@ -53,6 +53,8 @@ from camlt.rundir import (
     FINAL_FILE,
     LABEL_MAP_FILE,
     METRICS_FILE,
+    RUN_MARKER,
+    check_owned,
 )
 from camlt.sam import SharpnessAware, imbsam_gradients, sam_gradients, tail_classes
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
@@ -548,12 +550,15 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
                 + "; ".join(changed)
             )
         return
-    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS_FILE).exists():
+    held = [n for n in (CHECKPOINT, METRICS_FILE, FINAL_FILE) if (run_dir / n).exists()]
+    if held:
         raise CheckpointError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-            "directory with train.run_dir=DIR"
+            f"{run_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            "or choose another directory with train.run_dir=DIR"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / RUN_MARKER).exists():
+        atomic_write_json(run_dir / RUN_MARKER, {"camlt_version": __version__})
 
 
 def refuse_lost_checkpoint(run_dir: Path) -> None:
@@ -591,8 +596,9 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
     main = dist.is_main
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CheckpointError(f"train.run_dir={run_dir} is a file, not a directory")
+    check_owned(run_dir)
+    if run_dir.is_symlink() and main:
+        print(f"run directory {run_dir} is a link: training in {run_dir.resolve()}", flush=True)
     if cfg.model.init_from and not (run_dir / CHECKPOINT).exists():
         check_stage1(cfg)  # refuse a bad stage-1 directory before creating anything
     if main:

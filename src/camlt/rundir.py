@@ -21,6 +21,8 @@ FINAL_FILE = "final_metrics.json"  # the final test metrics: the run has finishe
 BEST_CHECKPOINT = "best.pt"  # the epoch with the best val top-1 (data with a val split only)
 LABEL_MAP_FILE = "label_map.json"  # class index -> original label (data.labels=remap)
 EVAL_FILE = "eval.json"  # what ``camlt eval`` writes by default
+LOCK_FILE = ".lock"  # camlt.checkpoint.RunLock's, the one file written before the checks
+RUN_MARKER = ".camlt-run"  # written when camlt makes a directory its run: what it may write in
 CALIBRATION_FILE = "calibration.json"  # what ``camlt calibrate`` fitted (camlt.calibration)
 # What training and calibration write: no --out of another command may write over them.
 RUN_FILES = (
@@ -32,6 +34,8 @@ __all__ = [
     "BEST_CHECKPOINT",
     "CALIBRATION_FILE",
     "RUN_FILES",
+    "RUN_MARKER",
+    "check_owned",
     "CHECKPOINT",
     "CONFIG_FILE",
     "EVAL_FILE",
@@ -41,6 +45,28 @@ __all__ = [
     "resolve",
     "saved_config",
 ]
+
+
+def check_owned(run_dir: Path) -> None:
+    """Refuse, before a byte is written, a directory that is neither empty nor a camlt run.
+
+    A run is a directory holding the marker camlt writes when it starts one, or (runs written
+    before the marker) a config.yaml beside a checkpoint or a metrics log.
+    """
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise CheckpointError(f"train.run_dir={run_dir} is a file, not a directory")
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if not names or RUN_MARKER in names:
+        return
+    if CONFIG_FILE in names and (CHECKPOINT in names or METRICS_FILE in names):
+        return
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise CheckpointError(
+        f"{run_dir} holds files camlt did not write ({shown}); camlt writes only into an empty "
+        "directory or a run of its own: choose another train.run_dir"
+    )
 
 
 def resolve(path: str | Path) -> tuple[Path, Path]:
