@@ -596,7 +596,8 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
     main = dist.is_main
-    check_owned(run_dir)
+    if main:  # rank 0 alone writes the directory; the others would see its first files
+        check_owned(run_dir)
     if run_dir.is_symlink() and main:
         print(f"run directory {run_dir} is a link: training in {run_dir.resolve()}", flush=True)
     if cfg.model.init_from and not (run_dir / CHECKPOINT).exists():
