@@ -56,7 +56,7 @@ def metadata(loaded: LoadedModel) -> dict:
             "range": "float32, pixels / 255, then (x - mean) / std per channel",
             "mean": list(spec.mean),
             "std": list(spec.std),
-            "pad": getattr(spec, "pad", 0),
+            "pad": spec.pad,
         },
         "outputs": ["probabilities (N, K)", "scores (N, K): the adjusted logits"],
         "decision_rule": {

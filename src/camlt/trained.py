@@ -165,7 +165,7 @@ def open_run(
     layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model.to(dev, memory_format=layout).eval()
     epoch = int(state.get("epoch", 0))
-    fitted = calibration.load(run_dir) if ckpt.parent == run_dir else None
+    fitted = calibration.load(run_dir)
     warnings = []
     if fitted is not None and fitted.fitted_on.get("epoch") not in (None, epoch):
         warnings.append(

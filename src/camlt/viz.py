@@ -73,7 +73,7 @@ def map_head(head: nn.Module) -> nn.Module:
     """The head that holds the maps: stage-2 wrappers (tau-norm, LWS, posthoc) keep it as ``base``.
 
     Their per-class rescaling of a logit rescales that class's map by a positive factor, which
-    the min-max display does not show.
+    the display (0 to each map's own maximum) does not show.
     """
     while isinstance(getattr(head, "base", None), nn.Module):
         head = head.base
