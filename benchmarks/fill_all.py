@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -193,8 +194,8 @@ def start(
     kind = cluster.kind_of(ex)
     jobs = [job_of(task, runs_dir, extra, threads, kind) for task in tasks]
     for job in jobs:
-        print("+", " ".join(job.command), flush=True)
-    submitted = cluster.submit(ex, jobs, [" ".join(job.command) for job in jobs], LOCAL_HINT)
+        print("+", shlex.join(job.command), flush=True)
+    submitted = cluster.submit(ex, jobs, [shlex.join(job.command) for job in jobs], LOCAL_HINT)
     now = time.time()
     for task, job in zip(tasks, submitted, strict=True):
         log = table.log_path(task.row, task.seed, runs_dir)

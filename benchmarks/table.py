@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from camlt.checkpoint import atomic_write_json, atomic_write_text, read_jsonl
+from camlt.checkpoint import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from camlt.rundir import FINAL_FILE, METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def train_command(row: Row, seed: int, runs_dir: Path, extra: list[str]) -> list
 
 def machine_of(run_dir: Path, threads: int) -> str:
     """``machine`` for a finished run, where it ran: a cluster job calls it on its node."""
-    final = json.loads((run_dir / FINAL_FILE).read_text())
+    final = read_json(run_dir / FINAL_FILE, required=("metrics",))
     return machine(final.get("config", {}).get("train", {}).get("device", "auto"), threads)
 
 
@@ -167,7 +168,7 @@ def collect(
     """The kept result of a finished (row, seed): its final metrics and where they came from
     (``machine_name``: ``machine_of`` as the job's node told it; default this machine)."""
     run_dir = run_dir_of(row.name, seed, runs_dir)
-    final = json.loads((run_dir / FINAL_FILE).read_text())
+    final = read_json(run_dir / FINAL_FILE, required=("metrics",))
     return {
         "metrics": final["metrics"],
         "train_counts": final["train_counts"],
@@ -197,7 +198,7 @@ def run_one(row: Row, seed: int, runs_dir: Path, extra: list[str], threads: int 
     """
     cmd = train_command(row, seed, runs_dir, extra)
     with _PRINT:  # whole lines, whatever the other jobs print
-        print("+", " ".join(cmd), flush=True)
+        print("+", shlex.join(cmd), flush=True)
     start = time.time()
     if threads:
         log = log_path(row, seed, runs_dir)

@@ -248,8 +248,12 @@ def test_val_split_selects_best_checkpoint(tmp_path):
     root = tmp_path / "inet"
     files = imagenet_lt(root, val_foldered=True)
     val = write_lines(root / "val.txt", files["test"].read_text().splitlines()[::2])
-    cfg = split_cfg(tmp_path, root, files, f"data.val_file={val.name}", "train.epochs=2")
+    # val is half of the test split: a leak, trained through on request and recorded in the run
+    extra = (f"data.val_file={val.name}", "train.epochs=2", "data.leaks=warn")
+    cfg = split_cfg(tmp_path, root, files, *extra)
     engine.train(cfg, tmp_path / "run")
+    found = json.loads((tmp_path / "run" / "data_check.json").read_text())
+    assert len(found["leaks"]) == 3 and all(" = val " in leak for leak in found["leaks"])
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     best = max(r["val"]["overall"] for r in records)

@@ -3,6 +3,8 @@
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 import threading
 
@@ -185,3 +187,31 @@ def test_the_command_line_picks_the_executor_and_each_runs_threads(tmp_path):
     args.cluster, args.gpus_per_node = "slurm", 2
     with pytest.raises(cluster.ClusterError, match="each table run is one process on one GPU"):
         fill_all.executor_of(args)
+
+
+def test_a_printed_command_pasted_into_a_shell_runs_the_same_words(tmp_path, monkeypatch, capsys):
+    """An override naming ``$(...)`` is printed quoted: pasted back, it is a word, not a command."""
+    _fake_runs(monkeypatch, tmp_path, {})
+    hostile = f"data.root=$(touch {tmp_path / 'pwned'})"
+    one_line = "; ".join(FAKE.strip().splitlines()[1:])  # the fake run as one line
+
+    def command(row, seed, runs_dir, extra):
+        run_dir = table.run_dir_of(row.name, seed, runs_dir)
+        return [
+            sys.executable,
+            "-c",
+            f"import json, pathlib, sys, time; {one_line}",
+            str(run_dir),
+            "0",
+            hostile,
+            "two words",
+        ]
+
+    monkeypatch.setattr(table, "train_command", command)
+    results = {"a": {}}
+    queue = fill_all.build_queue({"a": [FOCAL]}, [], results, (0,))
+    fill_all.fill_queue(queue, results, tmp_path / "runs", 1, 60)
+    printed = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert len(printed) == 1 and shlex.split(printed[0])[-2:] == [hostile, "two words"]
+    subprocess.run(["bash", "-c", printed[0]], check=True)  # the fake run, pasted
+    assert not (tmp_path / "pwned").exists()

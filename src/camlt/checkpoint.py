@@ -224,24 +224,64 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The complete records of a JSONL file; a torn last line (killed mid-write) is dropped."""
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ("epoch",)) -> list[dict]:
+    """The complete records of a JSONL file; a torn last line (killed mid-write) is dropped.
+
+    Any other line that is not a JSON object holding the ``required`` keys is named with its line
+    and what was expected: a damaged log stops the reader with a message, not a traceback.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if number != len(lines):
-                raise ValueError(
-                    f"{path}:{number}: corrupt JSON line in the middle of the file"
-                ) from None
+            if number == len(lines):
+                continue
+            raise CheckpointError(
+                f"{path}:{number}: not a JSON line (damaged in the middle of the file)"
+            ) from None
+        _check_record(record, required, f"{path}:{number}")
+        records.append(record)
     return records
+
+
+def _check_record(record: object, required: tuple[str, ...], where: str) -> None:
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{where}: expected a JSON object, found {type(record).__name__} {_clip(record)}"
+        )
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise CheckpointError(f"{where}: the record lacks {', '.join(missing)}: {_clip(record)}")
+    if "epoch" in required and not _is_int(record["epoch"]):
+        raise CheckpointError(
+            f"{where}: epoch must be a whole number, found {_clip(record['epoch'])}"
+        )
+
+
+def _clip(value: object, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def read_json(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object file camlt wrote (final_metrics.json, ...), named with what is wrong when
+    it is missing, torn or not the object expected."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON file ({err}); it is damaged") from None
+    _check_record(record, required, str(path))
+    return record
 
 
 def truncate_jsonl(path: str | Path, keep: callable) -> None:

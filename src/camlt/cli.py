@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from camlt.checkpoint import atomic_write_json
 from camlt.cli_inspect import add_inspection_commands
 from camlt.cluster import add_resource_arguments
 from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
-from camlt.errors import UsageError, UserError
+from camlt.errors import UsageError, UserError, printable
 from camlt.rundir import CHECKPOINT, CONFIG_FILE, EVAL_FILE, RUN_FILES
 
 # What is printed as one line: errors a user can fix, and the system's (a missing file, a full
@@ -55,7 +56,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     kind = "local" if args.local else "slurm"
     res = cluster.resources_from(args)
     resume = args.resume or Path(args.config).is_dir()
-    command = " ".join(["camlt train", args.config, *args.overrides, *(["--resume"] * resume)])
+    command = shlex.join(["camlt", "train", args.config, *args.overrides, *(["--resume"] * resume)])
     job = cluster.submit_train(cfg, run_dir, resume, kind, res, command, args.folder)
     print(cluster.describe(job, kind, res), flush=True)
     if args.wait or args.local:
@@ -108,6 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "classes": loaded.classes,
         "train_counts": loaded.train_counts,
         **({"test_priors": shifted} if shifted else {}),
+        **({"data_check": loaded.data_check} if loaded.data_check is not None else {}),
     }
     atomic_write_json(out, record)
     print(f"wrote {out}")
@@ -310,12 +312,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         args.workers,
         args.path_map,
         args.allow_outside_root,
+        args.against or (),
     )
     print(json.dumps(report, indent=1) if args.json else format_report(report, args.per_class))
     bad = report["missing"] + report["corrupt"] + report["outside_root"]
-    if args.strict and bad:
+    unsafe = len(report["leaks"]) + len(report["conflicts"]) + len(report["lookalike_classes"])
+    if args.strict and (bad or unsafe):
         print(
-            f"camlt: error: {bad} missing, undecodable or outside-the-root images (--strict)",
+            f"camlt: error: {bad} missing, undecodable or outside-the-root images; {unsafe} "
+            "leaks, label conflicts or look-alike class names (--strict)",
             file=sys.stderr,
         )
         return 1
@@ -336,8 +341,19 @@ def add_data_check(data: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read paths that climb out of the image root with '..' (refused by default)",
     )
+    p.add_argument(
+        "--against",
+        nargs="+",
+        metavar="LIST",
+        help="other split files or CSVs (e.g. the test split): report images of theirs that "
+        "are byte-identical to this list's (a leak)",
+    )
     p.add_argument("--per-class", action="store_true", help="print every class's count")
-    p.add_argument("--strict", action="store_true", help="exit 1 on missing/undecodable images")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 on missing or undecodable images, leaks, conflicts or look-alike classes",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_data_check)
 
@@ -350,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as err:
         if os.environ.get("CAMLT_DEBUG"):
             raise
-        print(f"camlt: error: {err}", file=sys.stderr)
+        shown = "\n".join(printable(line) for line in str(err).splitlines())
+        print(f"camlt: error: {shown}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `camlt predict ... | head` closed the pipe: nothing more is wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except KeyboardInterrupt:
         print("camlt: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130

@@ -10,7 +10,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from camlt.errors import UsageError
+from camlt.errors import UsageError, printable
+from camlt.rundir import claim_out_dir
 
 
 def _require_matplotlib() -> None:
@@ -25,7 +26,7 @@ def _require_matplotlib() -> None:
 
 
 def _warn(message: str) -> None:
-    print(f"camlt: skipped {message}", file=sys.stderr)
+    print(printable(f"camlt: skipped {message}"), file=sys.stderr)
 
 
 def positive_int(text: str) -> int:
@@ -46,7 +47,7 @@ def _load(args: argparse.Namespace):
     if getattr(args, "max_pixels", None):
         loaded.spec = dataclasses.replace(loaded.spec, max_pixels=args.max_pixels)
     for warning in loaded.warnings:
-        print(f"camlt: warning: {warning}", file=sys.stderr)
+        print(printable(f"camlt: warning: {warning}"), file=sys.stderr)
     return loaded
 
 
@@ -99,6 +100,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
         )
     if len(labels) == 1:
         labels = labels * len(paths)
+    claim_out_dir(Path(args.out), args.overwrite)
     written = write_cam_images(loaded, paths, args.out, labels or None, _warn)
     for path in written:
         print(path)
@@ -114,6 +116,7 @@ def _test_cams(loaded, args: argparse.Namespace) -> int:
     if args.images or args.label:
         raise UsageError("--test draws the run's own test images: give no images and no --label")
     test_set = build_sets(loaded.cfg, verbose=False).test
+    claim_out_dir(Path(args.out), args.overwrite)
     for path in write_test_cams(loaded, test_set, args.test, args.out):
         print(path)
     return 0
@@ -123,8 +126,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from camlt.report import build_report
 
     _require_matplotlib()
+    out = claim_out_dir(
+        Path(args.out or Path(args.run_dir) / "report"), args.overwrite, not args.out
+    )
     page = build_report(
-        args.run_dir, args.baseline, args.out, device=args.device, cam_images=args.cam_images
+        args.run_dir, args.baseline, out, device=args.device, cam_images=args.cam_images
     )
     print(f"wrote {page}")
     return 0
@@ -133,6 +139,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present"
+    )
+
+
+def _overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out folder that holds files camlt did not write",
     )
 
 
@@ -171,6 +185,7 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("images", nargs="*", help="image files, folders (recursive) or globs")
     p.add_argument("--out", required=True, help="directory for the PNG files")
+    _overwrite_option(p)
     p.add_argument(
         "--test",
         type=positive_int,
@@ -191,6 +206,7 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("run_dir", help="the run directory to report on")
     p.add_argument("--baseline", help="a second run directory to compare against")
     p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    _overwrite_option(p)
     p.add_argument(
         "--cam-images", type=positive_int, default=8, help="tail-class test images in the grid"
     )

@@ -26,6 +26,7 @@ EVAL_FREE_KEYS = (
     "data.path_map",
     "data.download",
     "data.val_per_class",
+    "data.leaks",
     "model.pretrained",
     "train.",
 )

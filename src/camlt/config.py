@@ -58,6 +58,9 @@ class DataConfig:
     allow_outside_root: bool = False  # split-file paths with '..' above the image root: refused
     labels: str = "strict"  # strict: labels 0..K-1 all present | remap: renumber, table saved
     bad_images: str = "error"  # missing / undecodable images: error | skip (named and counted)
+    # file data: an evaluation image that is also a training image, an image under two labels,
+    # class names that print alike (camlt.data.leaks): error | warn (train, record) | off
+    leaks: str = "error"
     max_pixels: int = 50_000_000  # an image claiming more pixels is refused before decoding
     # in-memory benchmarks: a balanced val split of this many images a class, drawn from the
     # training images the long-tailed subset leaves out (0: none); for camlt calibrate / eval
@@ -458,6 +461,7 @@ _CHOICES = {
     "data.order": ("standard", "hard"),
     "data.labels": ("strict", "remap"),
     "data.bad_images": ("error", "skip"),
+    "data.leaks": ("error", "warn", "off"),
     "train.lr_scaling": ("none", "linear"),
     "model.camc.variant": ("section2", "class"),
     "model.camc.guide": ("predicted", "target", "balanced"),

@@ -11,6 +11,7 @@ import contextlib
 import math
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,11 +51,13 @@ from camlt.rundir import (
     BEST_CHECKPOINT,
     CHECKPOINT,
     CONFIG_FILE,
+    DATA_CHECK_FILE,
     FINAL_FILE,
     LABEL_MAP_FILE,
     METRICS_FILE,
     RUN_MARKER,
     check_owned,
+    run_id,
 )
 from camlt.sam import SharpnessAware, imbsam_gradients, sam_gradients, tail_classes
 from camlt.stage2 import adapt_model, check_stage1, load_stage1
@@ -74,6 +77,7 @@ RESUME_FREE_KEYS = (
     "train.prefetch_factor",
     "train.tensorboard",
     "train.compile",
+    "data.leaks",
 )
 
 
@@ -195,6 +199,8 @@ class Run:
     maxnorm: MaxNorm | None = None  # train.maxnorm
     sam: SharpnessAware | None = None  # train.sam
     sam_tail: torch.Tensor | None = None  # train.sam=imbsam: (K,) bool, the tail classes
+    data_check: dict | None = None  # camlt.data.leaks' findings (file data)
+    run_id: str | None = None  # the run directory's marker's: ties a checkpoint to its run
 
     @property
     def train_counts(self) -> list[int]:
@@ -261,6 +267,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         ddp=ddp,
         compiled=compile_for_training(ddp or model, cfg.train.compile),
         label_map=data.label_map,
+        data_check=data.check,
         mixer=build_mixer(cfg.train, counts),
         maxnorm=build_maxnorm(model.head, cfg.train.maxnorm, cfg.train.maxnorm_threshold),
         sam=build_sam(model, cfg.train, dtype),
@@ -500,6 +507,7 @@ def checkpoint_state(run: Run, epoch: int) -> dict:
         "classes": list(run.train_set.classes),
         "train_counts": run.train_counts,
         "camlt_version": __version__,
+        **({"run_id": run.run_id} if run.run_id else {}),
         **({"maxnorm": run.maxnorm.state_dict()} if run.maxnorm is not None else {}),
     }
 
@@ -558,7 +566,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / RUN_MARKER).exists():
-        atomic_write_json(run_dir / RUN_MARKER, {"camlt_version": __version__})
+        marker = {"camlt_version": __version__, "run_id": uuid.uuid4().hex}
+        atomic_write_json(run_dir / RUN_MARKER, marker)
 
 
 def refuse_lost_checkpoint(run_dir: Path) -> None:
@@ -614,8 +623,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistI
         if not resume and main:
             atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
         run = build_run(cfg, run_dir)
+        run.run_id = run_id(run_dir)
         if run.label_map and main:
             atomic_write_json(run_dir / LABEL_MAP_FILE, run.label_map)
+        if run.data_check is not None and main:
+            atomic_write_json(run_dir / DATA_CHECK_FILE, run.data_check)
         if resume and (run_dir / CHECKPOINT).exists():
             restore(run, load_fitting_checkpoint(run, run_dir / CHECKPOINT))
         elif cfg.model.init_from:

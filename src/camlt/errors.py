@@ -15,3 +15,11 @@ class UserError(Exception):
 class UsageError(UserError, ValueError):
     """A value a function or command was given that it cannot take (a count below 1, a class
     name the model does not have, a batch larger than the data)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes, so that a file or class name with
+    a terminal escape sequence in it is shown, not obeyed (a cut name could leave a terminal red)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

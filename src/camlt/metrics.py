@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from camlt.errors import printable
+
 MANY_ABOVE = 100  # many-shot: more than 100 training images
 FEW_BELOW = 20  # few-shot: fewer than 20
 ECE_BINS = 15
@@ -179,7 +181,7 @@ def format_table(
         n = train_counts[cls] if train_counts else ""
         mark = "  *" if cls in few else ""
         lines.append(
-            f"{name[:16]:<16} {n:>6} {tests[cls]:>5} {_pct(metrics['per_class'][cls]):>7} "
+            f"{printable(name)[:16]:<16} {n:>6} {tests[cls]:>5} {_pct(metrics['per_class'][cls]):>7} "
             f"{_pct(precision[cls]):>7} {_pct(f1[cls]):>7}{mark}"
         )
     if few:

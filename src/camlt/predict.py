@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from camlt.data.inputs import IMAGE_SUFFIXES, load_images
-from camlt.errors import UsageError
+from camlt.errors import UsageError, printable
 from camlt.trained import LoadedModel
 
 
@@ -111,13 +111,16 @@ def format_predictions(results: Sequence[Prediction], fmt: str) -> str:
         writer.writerow(["path", "rank", "class", "name", "prob"])
         for r in results:
             for n, (c, name, p) in enumerate(zip(r.classes, r.names, r.probs, strict=True)):
-                writer.writerow([r.path, n + 1, c, name, f"{p:.6f}"])
+                writer.writerow([printable(r.path), n + 1, c, printable(name), f"{p:.6f}"])
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
         raise UsageError(f"--format {fmt}: expected table, csv or json")
-    width = max([len("image")] + [len(r.path) for r in results])
+    paths = [printable(r.path) for r in results]  # a name never drives the terminal
+    width = max([len("image")] + [len(path) for path in paths])
     lines = [f"{'image':<{width}}  top predictions"]
-    for r in results:
-        top = "  ".join(f"{name} {100 * p:5.1f}%" for name, p in zip(r.names, r.probs, strict=True))
-        lines.append(f"{r.path:<{width}}  {top}")
+    for r, path in zip(results, paths, strict=True):
+        top = "  ".join(
+            f"{printable(name)} {100 * p:5.1f}%" for name, p in zip(r.names, r.probs, strict=True)
+        )
+        lines.append(f"{path:<{width}}  {top}")
     return "\n".join(lines)

@@ -21,11 +21,12 @@ import torch
 from camlt.checkpoint import atomic_write_text, read_jsonl
 from camlt.config import to_yaml
 from camlt.data.inputs import set_images
+from camlt.data.leaks import DataCheck
 from camlt.errors import UsageError
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
 from camlt.rundir import METRICS_FILE
 from camlt.trained import LoadedModel, open_run
-from camlt.viz import MAP_SCALE
+from camlt.viz import MAP_SCALE, plain_text
 
 CONFUSION_FULL_MAX = 20  # above this many classes, show the most confused pairs instead
 CONFUSED_PAIRS = 20
@@ -122,14 +123,23 @@ def load_run_data(run_dir: str | Path, name: str, out: Path, device: str, test_s
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run directory")
     loaded = open_run(run_dir, device=device)
+    if loaded.foreign:  # the table would be one model's, the curves another's
+        raise UsageError(f"{loaded.foreign}; report on the run that wrote it")
+    history = read_jsonl(run_dir / METRICS_FILE, required=("epoch", "loss"))
+    # a run killed between its two end-of-epoch writes logs one epoch past its checkpoint
+    if history and history[-1]["epoch"] not in (loaded.epoch, loaded.epoch + 1):
+        raise UsageError(
+            f"{run_dir}: {METRICS_FILE} ends at epoch {history[-1]['epoch']} but "
+            f"{loaded.checkpoint.name} is of epoch {loaded.epoch}: they are not one run's"
+        )
     if test_set is None:
-        test_set = build_sets(loaded.cfg, verbose=False).test
+        sets = build_sets(loaded.cfg, verbose=False)
+        test_set, loaded.data_check = sets.test, sets.check
     if list(test_set.classes) != loaded.classes:
         raise UsageError(f"{run_dir}: its classes differ from the test set it is compared on")
     raw, labels = test_predictions(loaded, test_set, out / f"predictions_{name}.pt")
     logits = loaded.adjust(raw)
     metrics = evaluate_predictions(logits, labels, loaded.train_counts)
-    history = read_jsonl(run_dir / METRICS_FILE)
     return RunData(name, run_dir, loaded, logits, labels, metrics, history), test_set
 
 
@@ -367,6 +377,7 @@ table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #
 th:first-child, td:first-child { text-align: left; } figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; } img.missing { outline: 3px solid red; min-height: 2em; }
 figcaption { color: #555; font-size: 0.9em; } pre { background: #f6f6f6; padding: 1em; overflow: auto; }
+.warn { border: 2px solid #c00; background: #fff4f4; padding: 0.5em 1em; }
 """
 
 
@@ -422,6 +433,20 @@ def _describe(run: RunData) -> str:
     )
 
 
+def _data_check(found: dict | None) -> str:
+    """The data check's verdict (camlt.data.leaks), loud when it found something."""
+    if found is None:
+        return ""
+    lines = DataCheck(**found).lines()
+    if not lines:
+        return (
+            "<p>Data check: no image in two splits, under two labels or twice in a class; "
+            "no look-alike class names.</p>"
+        )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<div class='warn'><b>Data check: these results may be wrong.</b><ul>{items}</ul></div>"
+
+
 def render_page(runs: Sequence[RunData], figures: dict[str, tuple[str, str]]) -> str:
     """The HTML page: metrics, figures (relative PNG links) and the run's config."""
     title = f"camlt report: {runs[0].run_dir.name}"
@@ -435,6 +460,7 @@ def render_page(runs: Sequence[RunData], figures: dict[str, tuple[str, str]]) ->
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{'<br>'.join(_describe(r) for r in runs)}</p>"
+        f"{_data_check(runs[0].loaded.data_check)}"
         f"<h2>Test metrics</h2>{_metrics_table(runs)}<h2>Figures</h2>{figs}"
         f"<h2>Per-class accuracy</h2>{_class_table(runs)}"
         f"<h2>Configuration</h2><details><summary>config.yaml of the run</summary><pre>{config}</pre></details>"
@@ -442,6 +468,7 @@ def render_page(runs: Sequence[RunData], figures: dict[str, tuple[str, str]]) ->
     )
 
 
+@plain_text
 def build_report(
     run_dir: str | Path,
     baseline: str | Path | None = None,
@@ -511,6 +538,8 @@ def build_report(
             save_figure(fig, out / f"{key}.png")
             figures[key] = (f"{key}.png", caption)
     summary = {r.name: {"run_dir": str(r.run_dir), "metrics": r.metrics} for r in runs}
+    if run.loaded.data_check is not None:
+        summary["data_check"] = run.loaded.data_check
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     page = out / "index.html"
     atomic_write_text(page, render_page(runs, figures))

@@ -6,6 +6,7 @@ them; every one of them takes the names from here, so a file is renamed in one p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from camlt import __version__
 from camlt.checkpoint import CheckpointError
 from camlt.config import ConfigError, load_yaml, merge
+from camlt.errors import UsageError
 
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch: weights, optimiser, RNG, config
 CONFIG_FILE = "config.yaml"  # the resolved config, written before the first epoch
@@ -23,11 +25,13 @@ LABEL_MAP_FILE = "label_map.json"  # class index -> original label (data.labels=
 EVAL_FILE = "eval.json"  # what ``camlt eval`` writes by default
 LOCK_FILE = ".lock"  # camlt.checkpoint.RunLock's, the one file written before the checks
 RUN_MARKER = ".camlt-run"  # written when camlt makes a directory its run: what it may write in
+OUTPUT_MARKER = ".camlt-output"  # written into a folder report or cam made: theirs to write again
 CALIBRATION_FILE = "calibration.json"  # what ``camlt calibrate`` fitted (camlt.calibration)
+DATA_CHECK_FILE = "data_check.json"  # camlt.data.leaks' findings on the run's file data
 # What training and calibration write: no --out of another command may write over them.
 RUN_FILES = (
     CHECKPOINT, CONFIG_FILE, METRICS_FILE, FINAL_FILE, BEST_CHECKPOINT, LABEL_MAP_FILE,
-    CALIBRATION_FILE,
+    CALIBRATION_FILE, DATA_CHECK_FILE,
 )  # fmt: skip
 
 __all__ = [
@@ -38,11 +42,15 @@ __all__ = [
     "check_owned",
     "CHECKPOINT",
     "CONFIG_FILE",
+    "DATA_CHECK_FILE",
     "EVAL_FILE",
     "FINAL_FILE",
     "LABEL_MAP_FILE",
+    "OUTPUT_MARKER",
+    "claim_out_dir",
     "METRICS_FILE",
     "resolve",
+    "run_id",
     "saved_config",
 ]
 
@@ -67,6 +75,39 @@ def check_owned(run_dir: Path) -> None:
         f"{run_dir} holds files camlt did not write ({shown}); camlt writes only into an empty "
         "directory or a run of its own: choose another train.run_dir"
     )
+
+
+def claim_out_dir(out: Path, overwrite: bool, default: bool = False) -> Path:
+    """An output folder (``report``, ``cam --out``): new, empty, a command's own (its marker) or
+    the command's default folder; one holding other files only with --overwrite; never a run
+    directory, whose files it could replace."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file, not a folder")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if RUN_MARKER in names or (CONFIG_FILE in names and CHECKPOINT in names):
+        raise UsageError(f"--out {out}: that is a run directory; choose another folder")
+    foreign = [n for n in names if n != OUTPUT_MARKER]
+    if foreign and OUTPUT_MARKER not in names and not default and not overwrite:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise UsageError(
+            f"--out {out} holds files camlt did not write ({shown}), which it could replace; "
+            "choose another folder or pass --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).touch()
+    return out
+
+
+def run_id(run_dir: Path) -> str | None:
+    """The id the run directory's marker holds (None for a run from before ids, or none)."""
+    try:
+        marker = json.loads((run_dir / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = marker.get("run_id") if isinstance(marker, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def resolve(path: str | Path) -> tuple[Path, Path]:

@@ -22,7 +22,6 @@ The stage-2 checkpoint holds every weight, so evaluating it does not need the st
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from camlt.checkpoint import CheckpointError, load_checkpoint
+from camlt.checkpoint import CheckpointError, load_checkpoint, read_json
 from camlt.config import from_yaml_file
 from camlt.errors import UserError
 from camlt.heads import HeadOutput, LinearHead
@@ -234,7 +233,7 @@ def load_stage1(run) -> None:
     cfg = run.cfg
     run_dir = Path(cfg.model.init_from)
     check_stage1(cfg)
-    final = json.loads((run_dir / FINAL_FILE).read_text())
+    final = read_json(run_dir / FINAL_FILE, required=("classes", "train_counts"))
     _check_data(run_dir, final, run.train_set.classes, run.train_counts)
     state = load_checkpoint(run_dir / CHECKPOINT)["model"]
     model = run.model

@@ -30,7 +30,7 @@ from camlt.metrics import evaluate_predictions
 from camlt.models import LongTailClassifier, build_model
 from camlt.priors import adjust_logits, shifted_test_indices
 from camlt.registry import Describes
-from camlt.rundir import CONFIG_FILE, resolve, saved_config
+from camlt.rundir import CONFIG_FILE, resolve, run_id, saved_config
 from camlt.stage2 import adapt_model
 
 SPLITS = ("test", "val")
@@ -52,6 +52,8 @@ class LoadedModel:
     run_dir: Path | None = None
     calibration: Calibration | None = None
     prior: torch.Tensor | None = None  # expected class frequencies where used (None: uniform)
+    foreign: str | None = None  # why the checkpoint is not the run directory's own, if it is not
+    data_check: dict | None = None  # camlt.data.leaks' findings on the data last evaluated
 
     def class_index(self, name_or_index: str) -> int:
         """A class given by name or by index, with the valid names in the error."""
@@ -166,7 +168,8 @@ def open_run(
     model.to(dev, memory_format=layout).eval()
     epoch = int(state.get("epoch", 0))
     fitted = calibration.load(run_dir)
-    warnings = []
+    foreign = _foreign(run_dir, ckpt, state)
+    warnings = [foreign] if foreign else []
     if fitted is not None and fitted.fitted_on.get("epoch") not in (None, epoch):
         warnings.append(
             f"{run_dir / calibration.CALIBRATION_FILE} was fitted at epoch "
@@ -174,7 +177,20 @@ def open_run(
             "calibrate again"
         )
     return LoadedModel(
-        model, cfg, classes, counts, spec, dev, ckpt, epoch, warnings, run_dir, fitted
+        model, cfg, classes, counts, spec, dev, ckpt, epoch, warnings, run_dir, fitted,
+        foreign=foreign,
+    )  # fmt: skip
+
+
+def _foreign(run_dir: Path, ckpt: Path, state: dict) -> str | None:
+    """Why ``ckpt`` is another run's than the directory it lies in (the ids of both), or None;
+    runs written before ids cannot tell."""
+    own, written = run_id(run_dir), state.get("run_id")
+    if own is None or written is None or own == written:
+        return None
+    return (
+        f"{ckpt} was written by another run (run id {written}) than the one of {run_dir} "
+        f"(run id {own}): the directory's metrics and curves are not this model's"
     )
 
 
@@ -208,6 +224,7 @@ def split_logits(loaded: LoadedModel, split: str = "test") -> tuple[torch.Tensor
             f"trained on: classes {data.classes} with training counts {data.train_counts}, "
             f"the checkpoint's {loaded.classes} with {loaded.train_counts}"
         )
+    loaded.data_check = data.check
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise UsageError(

@@ -14,6 +14,7 @@ Drawing uses matplotlib's Agg canvas directly, so importing this never touches a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +233,20 @@ def map_note(cam: torch.Tensor, row: CamRow) -> str:
     return f"{100 * share:.0f}% in box"
 
 
+def plain_text(func):
+    """Draw every string as it is written: matplotlib would read a class name such as
+    ``$\\frac$`` as mathtext and fail the whole figure on it (a report half written)."""
+
+    @functools.wraps(func)
+    def drawn_plainly(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return func(*args, **kwargs)
+
+    return drawn_plainly
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure as PNG at its own size (no tight cropping, so the size is predictable)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -293,6 +308,7 @@ def cam_pages(
     return pages
 
 
+@plain_text
 def write_cam_images(
     loaded,
     paths: Sequence[Path],
@@ -321,6 +337,7 @@ def write_cam_images(
     return written
 
 
+@plain_text
 def write_test_cams(loaded, test_set, count: int, out_dir: str | Path) -> list[Path]:
     """One PNG per test image of the rarest classes (rarest first, spread over the tail): the
     maps of the predicted and the true class, and the object's box where the data set has one."""

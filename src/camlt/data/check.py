@@ -9,18 +9,21 @@ iNaturalist 2018's 437,513 lines take seconds.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from camlt.data.leaks import DataCheck, check_splits
 from camlt.data.owndata import read_csv_list, read_image_folder
 from camlt.data.paths import resolve_paths
 from camlt.data.splitfile import SplitList, read_split_file
-from camlt.errors import UsageError
+from camlt.errors import UsageError, printable
 from camlt.metrics import FEW_BELOW, MANY_ABOVE, shot_groups
 
+CHECK_KEYS = ("leaks", "conflicts", "repeats", "lookalike_classes", "files_hashed")
 HISTOGRAM_BINS = (1, 2, 5, 10, 20, 50, 101, 201, 501, 1001)  # lower edges of images-per-class bins
 
 
@@ -63,8 +66,13 @@ def check(
     workers: int = 0,
     path_map: str = "auto",
     allow_outside_root: bool = False,
+    against: Sequence[str | Path] = (),
 ) -> dict:
-    """The report of ``camlt data check`` as a dict (the ``--json`` output)."""
+    """The report of ``camlt data check`` as a dict (the ``--json`` output).
+
+    ``against``: other lists (e.g. the test split of a training list) whose images must not be
+    this list's; every list's images are compared byte for byte when files are checked.
+    """
     entries, base = read_any(path)
     root = Path(image_root).expanduser() if image_root else base
     labels = entries.labels
@@ -103,7 +111,10 @@ def check(
         "outside_root_files": [],
         "duplicates": list(entries.meta.get("duplicates", [])),
     }
+    others = {f"against {p}": read_any(p)[0] for p in against}
     if root is None:
+        names = entries.classes or []
+        report.update(check_splits({"list": entries, **others}, names).to_dict())
         return report
     mode = "exact" if base is not None and not image_root else path_map
     res = resolve_paths(entries.paths, root, mode, allow_outside_root)
@@ -128,7 +139,21 @@ def check(
         corrupt.update({f: e for f, e in zip(todo, errors, strict=True) if e})
     report["corrupt"] = len(corrupt)
     report["corrupt_files"] = [f"{f}: {why}" for f, why in sorted(corrupt.items())]
+    resolved = {"list": _found(entries, res.files)}
+    for name, other in others.items():
+        resolved[name] = _found(
+            other, resolve_paths(other.paths, root, mode, allow_outside_root).files
+        )
+    report.update(check_splits(resolved, entries.classes).to_dict())
     return report
+
+
+def _found(entries: SplitList, files: list[str | None]) -> SplitList:
+    """The entries whose files exist, with their paths resolved (what leaks compare)."""
+    keep = np.asarray([i for i, f in enumerate(files) if f is not None], dtype=np.int64)
+    found = entries.subset(keep)
+    found.paths = [files[i] for i in keep]  # type: ignore[misc]
+    return found
 
 
 def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str:
@@ -146,6 +171,8 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
     if report["duplicates"]:
         lines.append(f"reached twice through links, counted once: {len(report['duplicates'])}")
         lines += [f"  {name}" for name in report["duplicates"][:limit]]
+    found = DataCheck(**{key: report[key] for key in CHECK_KEYS})
+    lines += [f"NOT SAFE: {line}" for line in found.lines()]
     lines.append("images per class -> classes: " + ", ".join(
         f"{row['images']}: {row['classes']}" for row in report["histogram"] if row["classes"]
     ))  # fmt: skip
@@ -153,8 +180,11 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
         names = report["classes"] or [str(i) for i in range(len(report["counts"]))]
         lines += [f"  {name:<30} {n:>7}" for name, n in zip(names, report["counts"], strict=True)]
     if not report["files_checked"]:
-        lines.append("files not checked (pass --image-root DIR to look for missing files)")
-        return "\n".join(lines)
+        lines.append(
+            "files not checked (pass --image-root DIR to look for missing files and for "
+            "byte-identical copies)"
+        )
+        return _shown(lines)
     lines.append(report["path_mapping"])
     if report["outside_root"]:
         lines.append(f"outside the image root (refused unless allowed): {report['outside_root']}")
@@ -167,4 +197,9 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
         lines += [f"  {name}" for name in names[:limit]]
         if len(names) > limit:
             lines.append(f"  ... and {len(names) - limit} more (--json lists them all)")
-    return "\n".join(lines)
+    return _shown(lines)
+
+
+def _shown(lines: list[str]) -> str:
+    """The report's lines as printed: a file or class name never drives the terminal."""
+    return "\n".join(printable(line) for line in lines)

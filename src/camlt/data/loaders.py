@@ -26,6 +26,7 @@ from camlt.data.files import (
     imagenet_transform,
 )
 from camlt.data.inputs import DATASETS
+from camlt.data.leaks import check_splits
 from camlt.data.owndata import (
     duplicate_report,
     longtail_subsample,
@@ -37,7 +38,7 @@ from camlt.data.paths import resolve_paths
 from camlt.data.sources import DataError
 from camlt.data.splitfile import SplitList, apply_label_map, check_labels, read_split_file
 from camlt.data.tensors import BatchLoader, Sampler, TensorImageSet
-from camlt.errors import UsageError
+from camlt.errors import UsageError, printable
 from camlt.registry import Registry
 
 
@@ -79,6 +80,7 @@ class DataSets:
     in_channels: int
     label_map: dict[int, int] | None = None  # class index -> original label (data.labels=remap)
     reports: list[str] = field(default_factory=list)
+    check: dict | None = None  # camlt.data.leaks' findings (file data; None: not checked)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Loaders:
     test_set: ImageSet
     in_channels: int
     label_map: dict[int, int] | None = None
+    check: dict | None = None  # camlt.data.leaks' findings, saved in the run (data_check.json)
 
     @property
     def classes(self) -> list[str]:
@@ -121,15 +124,34 @@ def _memory_sets(cfg: DictConfig, verbose: bool) -> DataSets:
 def _file_sets(cfg: DictConfig, verbose: bool) -> DataSets:
     """Image files: a split-file benchmark or the user's own folder or CSV."""
     splits, classes, label_map, reports = _file_splits(cfg)
+    check = _check_leaks(cfg, splits, classes, reports)
     if verbose:
         for line in reports:
-            print(line, file=sys.stderr, flush=True)
+            print(printable(line), file=sys.stderr, flush=True)
     sets = {
         name: _file_set(cfg, split, classes, train=name == "train")
         for name, split in splits.items()
         if split is not None
     }
-    return DataSets(sets["train"], sets.get("val"), sets["test"], 3, label_map, reports)
+    return DataSets(sets["train"], sets.get("val"), sets["test"], 3, label_map, reports, check)
+
+
+def _check_leaks(
+    cfg: DictConfig, splits: dict[str, SplitList | None], classes: list[str], reports: list[str]
+) -> dict | None:
+    """Leaks, label conflicts and look-alike classes (camlt.data.leaks): refused under
+    data.leaks=error, noted under warn, not looked for under off."""
+    if cfg.data.leaks == "off":
+        return None
+    found = check_splits(splits, classes)
+    if found.refused and cfg.data.leaks == "error":
+        raise DataError(
+            "; ".join(found.lines())
+            + ". Results on this data would be wrong without a word: fix the data, or set "
+            "data.leaks=warn to train anyway (the findings are saved in the run)"
+        )
+    reports += [f"data check: {line}" for line in found.lines()]
+    return found.to_dict()
 
 
 # Every data.name, in-memory and image files alike: a new data set is one entry.
@@ -210,6 +232,7 @@ def build_loaders(
         sets.test,
         sets.in_channels,
         sets.label_map,
+        sets.check,
     )
 
 

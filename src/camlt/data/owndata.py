@@ -94,7 +94,10 @@ def duplicate_report(found: SplitList) -> str | None:
 
 
 def read_csv_list(path: str | Path) -> SplitList:
-    """Rows ``path,label`` (a header row is recognised); labels are integers or class names."""
+    """Rows ``path,label`` (a header row is recognised); labels are integers or class names.
+
+    Spaces around a field are the CSV's layout, not the name (``cat `` is ``cat``); an empty
+    field is refused with its line, never made a class named ``""``."""
     path = Path(path).expanduser()
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -111,6 +114,9 @@ def read_csv_list(path: str | Path) -> SplitList:
             raise DataError(f"{path}:{number}: expected 'path,label', found {len(row)} fields")
         if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
             continue  # header
+        for value, what in ((row[0], "path"), (row[1], "label")):
+            if not value.strip():
+                raise DataError(f"{path}:{number}: empty {what} (expected 'path,label')")
         paths.append(row[0].strip())
         raw.append(row[1].strip())
         numbers.append(number)
