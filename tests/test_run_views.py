@@ -141,14 +141,15 @@ def test_a_truncated_final_metrics_is_named_by_stage_2(runs, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- names as text
-def test_mathtext_class_names_are_drawn_as_plain_text(tmp_path, capsys):
-    names = {"$\\undefinedcommand$": 8, "$x^$": 8, "plain": 8}
+def test_mathtext_and_escape_sequence_class_names_are_shown_as_plain_text(tmp_path, capsys):
+    names = {"$\\undefinedcommand$": 8, "$x^$": 8, "red\x1b[31m": 8}
     root = image_folder(tmp_path / "odd", names)
     overrides = file_overrides(tmp_path / "run", "data.name=image_folder", f"data.root={root}")
-    engine.train(load_config(ROOT / "configs" / "fmnist_lt.yaml", overrides), tmp_path / "run")
+    assert cli(["train", str(ROOT / "configs" / "fmnist_lt.yaml"), *overrides]) == 0
     assert cli(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert (tmp_path / "run" / "report" / "confusion.png").is_file()
-    image = next((root / "plain").iterdir())
+    image = next((root / "red\x1b[31m").iterdir())
+    assert cli(["predict", str(tmp_path / "run"), str(image), "--format", "csv"]) == 0
     label = "$\\undefinedcommand$"
     args = [
         "cam",
@@ -161,3 +162,5 @@ def test_mathtext_class_names_are_drawn_as_plain_text(tmp_path, capsys):
     ]
     assert cli(args) == 0
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "red\\x1b[31m" in out
