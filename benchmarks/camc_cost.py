@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as nnf
 from table import RESULTS, allocator, machine, publish
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,9 +109,7 @@ def train_step(model, optimizer, images, labels) -> tuple[float, int]:
     faults = minor_faults()
     start = time.perf_counter()
     out = model(images, labels)
-    loss = nnf.cross_entropy(out.logits, labels)
-    if out.aux_logits is not None and out.aux_weight:
-        loss = loss + out.aux_weight * nnf.cross_entropy(out.aux_logits, labels)
+    loss = out.loss(labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -132,10 +129,7 @@ def head_time(head: torch.nn.Module, fmap: torch.Tensor, labels: torch.Tensor, r
         sync(fmap.device)
         start = time.perf_counter()
         out = head(fmap, labels)
-        loss = nnf.cross_entropy(out.logits, labels)
-        if out.aux_logits is not None:
-            loss = loss + out.aux_weight * nnf.cross_entropy(out.aux_logits, labels)
-        loss.backward()
+        out.loss(labels).backward()
         sync(fmap.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])

@@ -60,7 +60,10 @@ def test_gradients_reach_backbone_and_classifier():
     model = LongTailClassifier(create_backbone("resnet8", in_channels=1), CAMCHead(64, 10))
     images, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 1])
     out = model(images, y)
-    loss = nnf.cross_entropy(out.logits, y) + out.aux_weight * nnf.cross_entropy(out.aux_logits, y)
+    loss = out.loss(y)
+    assert torch.allclose(
+        loss, nnf.cross_entropy(out.logits, y) + 0.5 * nnf.cross_entropy(out.aux_logits, y)
+    )  # the head's rule: CE(z, y) + gamma CE(z0, y), gamma 0.5 by default
     loss.backward()
     assert model.head.classifier.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())

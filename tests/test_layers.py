@@ -35,12 +35,13 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.localisation",
             "camlt.priors",
             "camlt.calibration",
+            "camlt.preflight",
         )
     },
     # a trained run opened and evaluated: shared by training's evaluation and every reader of a run
     {"evaluation": ("camlt.trained",)},
     {
-        "training": ("camlt.engine", "camlt.tblog"),
+        "training": ("camlt.engine", "camlt.lifecycle", "camlt.tblog"),
         "inference": ("camlt.predict", "camlt.export", "camlt.api"),
     },
     {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.cli")},

@@ -223,3 +223,36 @@ def test_a_linked_run_directory_is_resolved_and_stated(data_root, tmp_path, caps
     engine.train(tiny(data_root, link, "train.epochs=1"), link)
     assert f"is a link: training in {real.resolve()}" in capsys.readouterr().out
     assert (real / "checkpoint.pt").is_file() and (real / ".camlt-run").is_file()
+
+
+NOWHERE = "data.root=/no/such/folder"  # were data read first, its error would come first
+
+
+@pytest.mark.parametrize(
+    "overrides, message, before",
+    [
+        (["loss.name=hinge", NOWHERE], "loss.name='hinge': unknown", True),
+        (["model.head=cosine", NOWHERE], "model.head='cosine': unknown", True),
+        (["model.backbone=resnet7", NOWHERE], "model.backbone='resnet7': unknown", True),
+        (["data.name=imagenet"], "data.name='imagenet': unknown", True),
+        (["data.sampler=oversample", NOWHERE], "data.sampler='oversample': unknown", True),
+        (["data.name=image_folder", "data.root=null"], "needs data.root", True),
+        (["data.name=image_folder", NOWHERE], "image folder /no/such/folder is not", True),
+        (["data.name=csv"], "needs data.csv_file", True),
+        (["data.name=imagenet_lt"], "split file not found", True),
+        # refused once the start has begun, by the data's own files: taken back
+        (["data.name=image_folder"], "no class folders", False),
+        ([NOWHERE], "/no/such/folder", False),
+    ],
+)
+def test_a_refused_train_leaves_nothing_on_disk(
+    data_root, tmp_path, capsys, monkeypatch, overrides, message, before
+):
+    """Names and data keys are checked before the run directory is made or a data file read; a
+    start refused later (by the data's own files) takes back what it wrote."""
+    if before:
+        monkeypatch.setattr(engine, "claim_run_dir", lambda *a: pytest.fail("directory made"))
+    args = ["train", str(RECIPE), *tiny_overrides(data_root, tmp_path / "run"), *overrides]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

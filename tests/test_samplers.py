@@ -9,6 +9,7 @@ from camlt import engine
 from camlt.config import ConfigError
 from camlt.data import BatchLoader
 from camlt.data.samplers import ProgressiveSampler, allocate, build_sampler
+from camlt.preflight import check_run
 
 COUNTS = [500, 120, 40, 9, 1]
 LABELS = torch.cat([torch.full((n,), c) for c, n in enumerate(COUNTS)])[
@@ -85,7 +86,7 @@ def test_unknown_sampler_names_the_valid_ones(tiny_cfg):
     ):
         build_sampler("oversample", LABELS, 10)
     with pytest.raises(ConfigError, match="data.sampler='oversample'.*instance, class, sqrt"):
-        tiny_cfg("data.sampler=oversample")
+        check_run(tiny_cfg("data.sampler=oversample"))
 
 
 def test_engine_wires_the_configured_sampler(tiny_cfg, tmp_path):

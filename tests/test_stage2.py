@@ -13,6 +13,7 @@ from camlt import engine
 from camlt.checkpoint import load_checkpoint
 from camlt.config import ConfigError, load_config
 from camlt.heads import NormalizedHead
+from camlt.preflight import check_run
 from camlt.stage2 import Stage2Error, TauNormHead, load_stage1
 from camlt.trained import evaluate_run
 
@@ -183,10 +184,10 @@ def test_lws_refuses_a_different_head(stage1, tmp_path):
 
 def test_stage2_config_errors_name_the_valid_choices(stage1, tmp_path):
     with pytest.raises(ConfigError, match="stage2.method='swa'.*none, crt, taunorm, lws, posthoc"):
-        stage2_cfg(stage1, tmp_path, "crt", "stage2.method=swa")
+        check_run(stage2_cfg(stage1, tmp_path, "crt", "stage2.method=swa"))
     with pytest.raises(ConfigError, match="stage2.method=crt needs model.init_from"):
         load_config(ROOT / "configs" / "stage2_crt.yaml")
     with pytest.raises(ConfigError, match="model.init_from is set but stage2.method=none"):
         load_config(ROOT / "configs" / "fmnist_lt.yaml", ["model.init_from=x"])
     with pytest.raises(ConfigError, match="train.epochs=0: must be >= 1"):
-        stage2_cfg(stage1, tmp_path, "crt", "train.epochs=0")
+        check_run(stage2_cfg(stage1, tmp_path, "crt", "train.epochs=0"))

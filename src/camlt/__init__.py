@@ -3,15 +3,13 @@
 The CAMC head in your own training loop, on a torchvision ResNet-50 (see ``CAMCHead``)::
 
     import torch, torchvision
-    import torch.nn.functional as nnf
     from camlt import CAMCHead
 
     net = torchvision.models.resnet50(weights=None)
     body = torch.nn.Sequential(*list(net.children())[:-2])  # feature map, no pooling
     head = CAMCHead(2048, num_classes=1000, scale=16.0)     # model.camc defaults
     out = head(body(images), labels)                          # train mode: updates prototypes
-    loss = nnf.cross_entropy(out.logits, labels)
-    loss = loss + out.aux_weight * nnf.cross_entropy(out.aux_logits, labels)
+    loss = out.loss(labels)  # CE(z, y) + gamma * CE(z0, y): the head's own rule
 """
 
 __version__ = "0.1.0"

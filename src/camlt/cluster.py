@@ -520,9 +520,13 @@ def submit_train(
 ) -> submitit.Job:
     """Queue ``camlt train``'s run of ``cfg`` in ``run_dir``; its logs go to ``folder``
     (default RUN_DIR/submitit). ``camlt train``'s own refusals come first, here, not in the job."""
-    from camlt.engine import prepare_run_dir
+    from camlt.lifecycle import prepare_run_dir
+    from camlt.preflight import check_run
+    from camlt.rundir import check_owned
 
+    check_run(cfg)
     check_world(cfg, res)
+    check_owned(run_dir)
     prepare_run_dir(cfg, run_dir, resume)
     res = replace(res, name=f"camlt-{run_dir.name}")
     ex = executor(kind, folder or run_dir / "submitit", res, LOCAL_HINT)

@@ -471,10 +471,7 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.compile": COMPILE_MODES,
     "train.device": ("auto", "cpu", "cuda"),
-    "data.sampler": ("instance", "class", "sqrt", "progressive"),
     "loss.cb_base": ("ce", "focal"),
-    "stage2.method": ("none", "crt", "taunorm", "lws", "posthoc", "wb"),
-    "train.mix": ("none", "mixup", "cutmix", "remix"),
     "train.maxnorm": ("off", "step", "epoch"),
     "train.sam": ("off", "sam", "imbsam"),
 }
@@ -553,34 +550,6 @@ def _in_range(key: str, value: float, low: float, high: float, closed: bool = Tr
     raise ConfigError(f"{key}={value}: must be in {interval}")
 
 
-# Heads whose class vectors are unit-normalised in the forward: a norm bound changes nothing.
-UNIT_NORM_HEADS = ("normalized", "camc")
-# Stage-2 methods that train no class weight vectors (or none at all).
-NO_CLASS_WEIGHTS_STAGE2 = ("taunorm", "posthoc", "lws")
-
-
-# data.augment's steps (camlt.data.augment applies them)
-BASIC = "crop_flip"
-STRONG = ("autoaugment", "randaugment", "trivialaugment", "cutout", "erasing")
-AUGMENTS = ("none", BASIC, *STRONG)
-
-
-def parse_augment(value: str) -> tuple[str, ...]:
-    """The steps of a ``data.augment`` value; an unknown step lists the valid ones."""
-    steps = tuple(s.strip() for s in str(value).split("+"))
-    unknown = [s for s in steps if s not in AUGMENTS]
-    if unknown:
-        raise ConfigError(
-            f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
-            f"from {', '.join(AUGMENTS)} (e.g. crop_flip+autoaugment+cutout)"
-        )
-    if "none" in steps and len(steps) > 1:
-        raise ConfigError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
-    if len(set(steps)) != len(steps):
-        raise ConfigError(f"data.augment={value!r}: a step is named twice")
-    return () if steps == ("none",) else steps
-
-
 def _validate_clutter(clutter: DictConfig) -> None:
     """Sizes the 28-pixel garments and the 32-pixel canvas can hold."""
     _in_range("data.clutter.fragments", clutter.fragments, 0, 16)
@@ -595,9 +564,9 @@ def _validate_clutter(clutter: DictConfig) -> None:
 
 
 def _validate_recipe_levers(cfg: DictConfig) -> None:
-    """Mixing, strong augmentation and MaxNorm: ranges, and MaxNorm only where it means something."""
+    """Mixing, strong augmentation, SAM and MaxNorm: their ranges (which parts they may go with
+    is camlt.preflight's, beside the registries of those parts)."""
     data, train = cfg.data, cfg.train
-    parse_augment(data.augment)
     _validate_clutter(data.clutter)
     _in_range("train.mix_alpha", train.mix_alpha, 0, math.inf, closed=False)
     _in_range("train.mix_prob", train.mix_prob, 0, 1)
@@ -618,33 +587,15 @@ def _validate_recipe_levers(cfg: DictConfig) -> None:
         )
     if train.mix_stop_epoch is not None and train.mix_stop_epoch < 0:
         raise ConfigError(f"train.mix_stop_epoch={train.mix_stop_epoch}: must be a 0-based epoch")
-    if train.maxnorm == "off":
-        return
     if train.maxnorm_threshold is not None and train.maxnorm_threshold <= 0:
         raise ConfigError(f"train.maxnorm_threshold={train.maxnorm_threshold}: must be positive")
-    if cfg.stage2.method in NO_CLASS_WEIGHTS_STAGE2:
-        raise ConfigError(
-            f"train.maxnorm={train.maxnorm} with stage2.method={cfg.stage2.method}: this stage "
-            "trains no class weight vectors; MaxNorm needs a trained linear classifier"
-        )
-    if cfg.model.head in UNIT_NORM_HEADS:
-        raise ConfigError(
-            f"train.maxnorm={train.maxnorm} with model.head={cfg.model.head}: its class vectors "
-            "are normalised to unit length in the forward, so a norm bound changes nothing; use "
-            "model.head=linear, or train.maxnorm=off"
-        )
-
-
-# Stage-2 methods that train nothing: they run for train.epochs=0 (evaluation only).
-NO_TRAINING_STAGE2 = ("taunorm", "posthoc")
 
 
 def _validate_baselines(cfg: DictConfig) -> None:
     """Loss, sampler and stage-2 checks: ranges, and init_from and stage2.method go together."""
     loss, stage2 = cfg.loss, cfg.stage2
-    min_epochs = 0 if stage2.method in NO_TRAINING_STAGE2 else 1
-    if cfg.train.epochs < min_epochs:
-        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= {min_epochs}")
+    if cfg.train.epochs < 0:  # 0 only where stage 2 trains nothing (camlt.preflight)
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 0")
     for key in ("cb_beta", "drw_beta"):
         if not 0 <= loss[key] < 1:
             raise ConfigError(f"loss.{key}={loss[key]}: must be in [0, 1)")
@@ -658,8 +609,8 @@ def _validate_baselines(cfg: DictConfig) -> None:
         )
     if cfg.model.init_from and stage2.method == "none":
         raise ConfigError(
-            "model.init_from is set but stage2.method=none; "
-            "expected one of crt, taunorm, lws, posthoc, wb"
+            "model.init_from is set but stage2.method=none; name the stage-2 method "
+            "(camlt.stage2: crt, taunorm, lws, posthoc, wb)"
         )
 
 

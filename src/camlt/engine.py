@@ -11,7 +11,6 @@ import contextlib
 import math
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,64 +20,47 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from camlt import __version__, distributed
+from camlt import distributed
 from camlt.checkpoint import (
-    CheckpointError,
     RunLock,
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
     load_checkpoint,
     read_jsonl,
-    remove_stale_temp_files,
     save_checkpoint,
-    truncate_jsonl,
 )
-from camlt.compat import check_fits
-from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
 from camlt.errors import UsageError, UserError
 from camlt.heads.base import NoWeightDecay
+from camlt.lifecycle import (
+    abandon_fresh_dir,
+    checkpoint_state,
+    claim_run_dir,
+    prepare_run_dir,
+    resume_or_start,
+    write_run_notes,
+    write_start_files,
+)
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.mixing import BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
+from camlt.preflight import check_run
 from camlt.registry import Describes, EpochAware
 from camlt.regularize import MaxNorm, build_maxnorm
 from camlt.rundir import (
     BEST_CHECKPOINT,
     CHECKPOINT,
     CONFIG_FILE,
-    DATA_CHECK_FILE,
     FINAL_FILE,
-    LABEL_MAP_FILE,
     METRICS_FILE,
-    RUN_MARKER,
-    check_owned,
-    run_id,
 )
 from camlt.sam import SharpnessAware, imbsam_gradients, sam_gradients, tail_classes
-from camlt.stage2 import adapt_model, check_stage1, load_stage1
+from camlt.stage2 import adapt_model
 from camlt.tblog import open_logger
 from camlt.trained import loader_logits
-
-# Keys that may differ on --resume without changing the result.
-RESUME_FREE_KEYS = (
-    "train.progress",
-    "train.threads",
-    "train.run_dir",
-    "train.out_dir",
-    "train.device",
-    "train.workers",
-    "train.persistent_workers",
-    "train.pin_memory",
-    "train.prefetch_factor",
-    "train.tensorboard",
-    "train.compile",
-    "data.leaks",
-)
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -342,10 +324,7 @@ def compute_loss(run: Run, images: torch.Tensor, labels: Targets) -> torch.Tenso
     head_labels = labels.major() if isinstance(labels, MixedTargets) else labels
     with autocast(run):
         out = step_module(run)(images, head_labels)
-    loss = run.criterion(out.logits, labels)
-    if out.aux_logits is not None and out.aux_weight:
-        loss = loss + out.aux_weight * run.criterion(out.aux_logits, labels)
-    return loss
+    return out.loss(labels, run.criterion)
 
 
 def split_loss(
@@ -363,10 +342,7 @@ def split_loss(
         if len(idx) == 0:
             parts.append(out.logits.sum() * 0.0)  # keeps the graph: every parameter gets a grad
             continue
-        part = select(labels, idx)
-        loss = run.criterion(out.logits[idx], part)
-        if out.aux_logits is not None and out.aux_weight:
-            loss = loss + out.aux_weight * run.criterion(out.aux_logits[idx], part)
+        loss = out.loss(select(labels, idx), run.criterion, rows=idx)
         parts.append(loss * (len(idx) / len(head_labels)))
     return parts[0], parts[1]
 
@@ -477,120 +453,7 @@ def evaluate(run: Run, loader: object | None = None) -> dict:
     return metrics
 
 
-def rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [int(v) for v in np.random.get_state()[1]] + [int(np.random.get_state()[2])],
-        "python": list(random.getstate()[1]),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys, pos = state["numpy"][:-1], state["numpy"][-1]
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_state(run: Run, epoch: int) -> dict:
-    return {
-        "epoch": epoch,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "rng": rng_state(),
-        "config": to_yaml(run.cfg),
-        "classes": list(run.train_set.classes),
-        "train_counts": run.train_counts,
-        "camlt_version": __version__,
-        **({"run_id": run.run_id} if run.run_id else {}),
-        **({"maxnorm": run.maxnorm.state_dict()} if run.maxnorm is not None else {}),
-    }
-
-
-def load_fitting_checkpoint(run: Run, path: Path) -> dict:
-    """A checkpoint to resume from, refused with every difference named if it is another run's."""
-    state = load_checkpoint(path)
-    check_fits(
-        state,
-        path,
-        run.cfg,
-        run.train_set.classes,
-        run.train_counts,
-        run.model,
-        relevant=lambda key: not key.startswith(RESUME_FREE_KEYS),
-        required=("epoch", "model", "optimizer", "scheduler", "scaler", "rng"),
-    )
-    return state
-
-
-def restore(run: Run, state: dict) -> None:
-    """Put a run back where a checkpoint left it."""
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    if run.maxnorm is not None and "maxnorm" in state:
-        run.maxnorm.load_state_dict(state["maxnorm"])
-    run.start_epoch = state["epoch"]
-
-
 # ----------------------------------------------------------------------------- entry points
-def prepare_run_dir(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
-    """Create or re-open a run directory; refuse to silently overwrite or mix runs.
-
-    ``resume`` on a directory that holds no run yet starts one, so one command both starts
-    and continues a run (what ``make demo`` and the benchmark scripts rely on).
-    """
-    config_path = run_dir / CONFIG_FILE
-    if resume and config_path.is_file():
-        refuse_lost_checkpoint(run_dir)
-        saved = from_yaml_file(config_path)
-        changed = [d for d in diff(saved, cfg) if not d.startswith(RESUME_FREE_KEYS)]
-        if changed:
-            raise CheckpointError(
-                f"--resume: the config differs from the one saved in {config_path}: "
-                + "; ".join(changed)
-            )
-        return
-    held = [n for n in (CHECKPOINT, METRICS_FILE, FINAL_FILE) if (run_dir / n).exists()]
-    if held:
-        raise CheckpointError(
-            f"{run_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
-            "or choose another directory with train.run_dir=DIR"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / RUN_MARKER).exists():
-        marker = {"camlt_version": __version__, "run_id": uuid.uuid4().hex}
-        atomic_write_json(run_dir / RUN_MARKER, marker)
-
-
-def refuse_lost_checkpoint(run_dir: Path) -> None:
-    """A run whose results are on disk but whose checkpoint is gone cannot be resumed: starting
-    again from epoch 1 would overwrite its metrics and final results without a word.
-
-    One logged epoch and no checkpoint is a run killed between the first epoch's two writes
-    (the metrics line goes first, so a resume can always cut the log back to its checkpoint):
-    that run starts again and writes the same line anew, so nothing is lost.
-    """
-    if (run_dir / CHECKPOINT).exists():
-        return
-    epochs = len(read_jsonl(run_dir / METRICS_FILE)) if (run_dir / METRICS_FILE).is_file() else 0
-    finished = (run_dir / FINAL_FILE).is_file()
-    if finished or epochs > 1:
-        kept = [n for n, there in ((METRICS_FILE, epochs), (FINAL_FILE, finished)) if there]
-        raise CheckpointError(
-            f"{run_dir} holds {', '.join(kept)} ({epochs} epochs logged) but no {CHECKPOINT}: it "
-            "cannot be resumed, and starting again would overwrite them. Restore the checkpoint, "
-            "or move those files away (or choose another train.run_dir) to train anew"
-        )
-
-
 def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Train (or continue) the run in ``run_dir``; returns the final test metrics.
 
@@ -604,38 +467,27 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
-    main = dist.is_main
-    if main:  # rank 0 alone writes the directory; the others would see its first files
-        check_owned(run_dir)
-    if run_dir.is_symlink() and main:
-        print(f"run directory {run_dir} is a link: training in {run_dir.resolve()}", flush=True)
-    if cfg.model.init_from and not (run_dir / CHECKPOINT).exists():
-        check_stage1(cfg)  # refuse a bad stage-1 directory before creating anything
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) if main else contextlib.nullcontext():  # first: a second run is told
-        if main:
-            prepare_run_dir(cfg, run_dir, resume)
-        resume = resume and (run_dir / CONFIG_FILE).is_file()
-        distributed.barrier(dist)  # every rank saw the same config.yaml (or none)
-        if main:
-            remove_stale_temp_files(run_dir)
-        if not resume and main:
-            atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
-        run = build_run(cfg, run_dir)
-        run.run_id = run_id(run_dir)
-        if run.label_map and main:
-            atomic_write_json(run_dir / LABEL_MAP_FILE, run.label_map)
-        if run.data_check is not None and main:
-            atomic_write_json(run_dir / DATA_CHECK_FILE, run.data_check)
-        if resume and (run_dir / CHECKPOINT).exists():
-            restore(run, load_fitting_checkpoint(run, run_dir / CHECKPOINT))
-        elif cfg.model.init_from:
-            load_stage1(run)
-        if main:
-            truncate_jsonl(run_dir / METRICS_FILE, lambda r: r.get("epoch", 0) <= run.start_epoch)
-        distributed.barrier(dist)
-        return fit(run)
+    check_run(cfg)  # every name and data key, before the directory or any data file is touched
+    main = dist.is_main  # rank 0 alone writes the directory; the others would see its first files
+    fresh = claim_run_dir(cfg, run_dir, main)
+    try:
+        with RunLock(run_dir) if main else contextlib.nullcontext():  # a second run is told
+            if main:
+                prepare_run_dir(cfg, run_dir, resume)
+            resume = resume and (run_dir / CONFIG_FILE).is_file()
+            distributed.barrier(dist)  # every rank saw the same config.yaml (or none)
+            if main:
+                write_start_files(cfg, run_dir, resume)
+            run = build_run(cfg, run_dir)
+            if main:
+                write_run_notes(run)
+            resume_or_start(run, resume, main)
+            distributed.barrier(dist)
+            return fit(run)
+    except BaseException:
+        if main and fresh:
+            abandon_fresh_dir(run_dir)  # a refused start leaves no folder behind
+        raise
 
 
 def select_on_val(run: Run, epoch: int, record: dict, best: float) -> float:

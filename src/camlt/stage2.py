@@ -163,6 +163,8 @@ ADAPTERS: Registry[Callable[[nn.Module, DictConfig, int], nn.Module]] = Registry
     },
 )
 METHODS = tuple(ADAPTERS)
+TRAINS_NOTHING = ("taunorm", "posthoc")  # evaluation only: they run for train.epochs=0
+NO_CLASS_WEIGHTS = ("taunorm", "posthoc", "lws")  # train no class weight vectors
 
 
 def adapt_model(model: nn.Module, cfg: DictConfig, num_classes: int) -> nn.Module:

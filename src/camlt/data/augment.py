@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
-from camlt.config import BASIC, STRONG, parse_augment
+from camlt.config import ConfigError
 from camlt.registry import Registry
+
+BASIC = "crop_flip"  # the pad-and-crop + flip every recipe starts from (on the batch)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,26 @@ POLICIES: Registry[Callable] = Registry(
         "erasing": lambda v2, st, side: v2.RandomErasing(p=st.erasing_prob, value=0),
     },
 )
+
+
+STRONG = tuple(POLICIES)  # the steps after crop_flip, in the order the registry holds them
+
+
+def parse_augment(value: str) -> tuple[str, ...]:
+    """The steps of a ``data.augment`` value; an unknown step lists the valid ones."""
+    steps = tuple(s.strip() for s in str(value).split("+"))
+    known = ("none", BASIC, *POLICIES)
+    unknown = [s for s in steps if s not in known]
+    if unknown:
+        raise ConfigError(
+            f"data.augment={value!r}: unknown step {unknown[0]!r}; expected '+'-joined steps "
+            f"from {', '.join(known)} (e.g. crop_flip+autoaugment+cutout)"
+        )
+    if "none" in steps and len(steps) > 1:
+        raise ConfigError(f"data.augment={value!r}: 'none' cannot be combined with other steps")
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"data.augment={value!r}: a step is named twice")
+    return () if steps == ("none",) else steps
 
 
 def policy_transforms(settings: AugmentSettings, image_side: int) -> list[Callable]:

@@ -247,19 +247,60 @@ def _data_path(cfg: DictConfig, name: str | None) -> Path | None:
     return path
 
 
+def check_data_config(cfg: DictConfig) -> None:
+    """What a file data set's config must name, and that it is there: checked before a run
+    directory exists and before any list is read (a stat per named file)."""
+    data = cfg.data
+    if data.name == "image_folder":
+        if not data.root:
+            raise DataError("data.name=image_folder needs data.root=<folder of class folders>")
+        if not Path(data.root).expanduser().is_dir():
+            raise DataError(f"image folder {data.root} is not a directory (data.root)")
+    elif data.name == "csv":
+        if not data.csv_file:
+            raise DataError("data.name=csv needs data.csv_file=<file of path,label rows>")
+        if not _data_path(cfg, data.csv_file).is_file():
+            raise DataError(f"CSV file not found: {_data_path(cfg, data.csv_file)} (data.csv_file)")
+    elif data.name in FILE_BENCHMARKS:
+        names = _split_names(cfg)
+        for split in ("train", "test"):
+            if names[split] is None:
+                raise DataError(f"data.name={data.name} needs data.{split}_file=<split file>")
+            if not _data_path(cfg, names[split]).is_file():
+                raise DataError(f"split file not found: {_data_path(cfg, names[split])}")
+        val_path = _data_path(cfg, names["val"])
+        if val_path is not None and not val_path.is_file():
+            raise DataError(
+                f"val split file not found: {val_path} (it selects the model: best.pt); pass "
+                "data.val_file=PATH, or data.val_file=none to train without model selection"
+            )
+        if not (data.image_root or data.root):
+            raise DataError(f"data.name={data.name} needs data.image_root (or data.root)")
+
+
+def _split_names(cfg: DictConfig) -> dict[str, str | None]:
+    """The split files of a split-file benchmark: the config's, else the benchmark's own."""
+    data, bench = cfg.data, FILE_BENCHMARKS[cfg.data.name]
+    names = {
+        "train": data.train_file or bench.train,
+        "val": data.val_file or bench.val,
+        "test": data.test_file or bench.test,
+    }
+    if names["val"] is not None and names["val"].lower() == "none":
+        names["val"] = None  # no model selection (the final epoch's model is reported)
+    return names
+
+
 def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path, list[str]]:
     """The raw splits of a file dataset, the directory its paths are relative to, and notes."""
+    check_data_config(cfg)
     data = cfg.data
     if data.name in OWN_DATA:
         notes: list[str] = []
         if data.name == "image_folder":
-            if not data.root:
-                raise DataError("data.name=image_folder needs data.root=<folder of class folders>")
             whole, base = read_image_folder(data.root), Path(data.root)
             notes = [n for n in [duplicate_report(whole)] if n]
         else:
-            if not data.csv_file:
-                raise DataError("data.name=csv needs data.csv_file=<file of path,label rows>")
             csv_path = _data_path(cfg, data.csv_file)
             whole = read_csv_list(csv_path)
             base = Path(data.image_root or csv_path.parent)
@@ -283,28 +324,9 @@ def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path, lis
             "test": whole.subset(test),
         }
         return lists, base, notes
-    bench = FILE_BENCHMARKS[data.name]
-    names = {
-        "train": data.train_file or bench.train,
-        "val": data.val_file or bench.val,
-        "test": data.test_file or bench.test,
-    }
-    for split in ("train", "test"):
-        if names[split] is None:
-            raise DataError(f"data.name={data.name} needs data.{split}_file=<split file>")
-    if names["val"] is not None and names["val"].lower() == "none":
-        names["val"] = None  # no model selection (the final epoch's model is reported)
-    val_path = _data_path(cfg, names["val"])
-    if val_path is not None and not val_path.is_file():
-        raise DataError(
-            f"val split file not found: {val_path} (it selects the model: best.pt); pass "
-            "data.val_file=PATH, or data.val_file=none to train without model selection"
-        )
-    root = data.image_root or data.root
-    if not root:
-        raise DataError(f"data.name={data.name} needs data.image_root (or data.root)")
+    names = _split_names(cfg)
     lists = {k: read_split_file(_data_path(cfg, v)) if v else None for k, v in names.items()}
-    return lists, Path(root), []
+    return lists, Path(data.image_root or data.root), []
 
 
 def _file_splits(

@@ -35,6 +35,10 @@ HEADS: Registry[HeadFactory] = Registry(
 )
 
 
+# Heads whose class vectors are unit length in the forward: a norm bound (MaxNorm) changes nothing.
+UNIT_NORM_HEADS = ("normalized", "camc")
+
+
 def build_head(
     in_features: int, num_classes: int, model_cfg: DictConfig, class_counts: Sequence[int]
 ) -> nn.Module:

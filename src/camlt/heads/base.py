@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as nnf
 
 
 @dataclass
@@ -17,6 +19,22 @@ class HeadOutput:
     aux_weight: float = 0.0
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = None  # the pooled feature the classifier saw
+
+    def loss(
+        self,
+        targets,
+        criterion: Callable[..., torch.Tensor] = nnf.cross_entropy,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The head's training loss, the one place its rule is written: the criterion on the
+        logits plus, for a head with an auxiliary output (CAMC's z0), ``aux_weight`` times the
+        criterion on that. ``rows`` takes the loss of some images of the batch only (their
+        ``targets`` given alone)."""
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        loss = criterion(pick(self.logits), targets)
+        if self.aux_logits is not None and self.aux_weight:
+            loss = loss + self.aux_weight * criterion(pick(self.aux_logits), targets)
+        return loss
 
 
 @runtime_checkable

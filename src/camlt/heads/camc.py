@@ -53,7 +53,6 @@ class CAMCHead(nn.Module):
     Example in a user's own training loop, on a torchvision ResNet-50::
 
         import torch, torchvision
-        import torch.nn.functional as nnf
         from camlt import CAMCHead
 
         net = torchvision.models.resnet50(weights=None)
@@ -62,8 +61,7 @@ class CAMCHead(nn.Module):
         opt = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
         for images, labels in loader:
             out = head(body(images), labels)  # training mode: also updates the prototypes
-            loss = nnf.cross_entropy(out.logits, labels)
-            loss = loss + out.aux_weight * nnf.cross_entropy(out.aux_logits, labels)
+            loss = out.loss(labels)  # CE(z, y) + gamma * CE(z0, y), step 8
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -197,7 +195,7 @@ class CAMCHead(nn.Module):
         # step 7: prototype update (training only, no gradient)
         if self.training and targets is not None:
             self._update_prototypes(g, targets)
-        # step 8: the loss CE(z, y) + gamma * CE(z0, y) is the engine's (aux_logits, aux_weight)
+        # step 8: the loss CE(z, y) + gamma * CE(z0, y) is HeadOutput.loss (aux_logits, aux_weight)
         # step 9: inference runs steps 1-6 on the same path with P frozen
         out = HeadOutput(z, aux_logits=z0, aux_weight=self.gamma, features=f)
         if return_maps:
@@ -234,7 +232,7 @@ class CAMCHead(nn.Module):
                 cam_y, corr_y = self._class_maps(F_u, F_norm, W, W_hat, P, targets[:, None])
                 A_y = torch.softmax(self._attention_logits(cam_y, corr_y), dim=-1)
                 self._update_prototypes(torch.bmm(F_u, A_y.transpose(1, 2))[:, :, 0], targets)
-        # step 8: the engine adds gamma * CE(z0, y); step 9: the same path at inference
+        # step 8: HeadOutput.loss adds gamma * CE(z0, y); step 9: the same path at inference
         out = HeadOutput(z, aux_logits=z0, aux_weight=self.gamma, features=f0)
         if return_maps:
             out.maps = self._maps(F, F_u, F_norm, W, W_hat, P, map_class, None, z.argmax(1))

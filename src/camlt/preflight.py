@@ -1,0 +1,80 @@
+"""Refuse a bad run before it touches anything.
+
+``camlt.config`` checks what the schema alone can say (types, ranges, the fixed choices of a
+setting). The names of parts (a loss, head, backbone, data set, sampler, stage-2 method, mix,
+augmentation step) are checked here against the registries that own them, with what a part
+may go with, and the keys a data set needs, before a run directory exists or a data file is
+read: a refused command leaves nothing on disk. A newly registered part is valid at once.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from camlt.config import ConfigError
+from camlt.data.augment import parse_augment
+from camlt.data.loaders import DATA_SETS, check_data_config
+from camlt.data.samplers import SAMPLERS
+from camlt.errors import UsageError
+from camlt.heads import HEADS, UNIT_NORM_HEADS
+from camlt.losses import LOSSES
+from camlt.mixing import MIX_FUNCTIONS
+from camlt.models.registry import BACKBONES, list_backbones
+from camlt.registry import Registry
+from camlt.stage2 import ADAPTERS, NO_CLASS_WEIGHTS, TRAINS_NOTHING
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Every check a training run needs before it starts; raises ConfigError or DataError."""
+    check_names(cfg)
+    check_combinations(cfg)
+    check_data_config(cfg)
+
+
+def _known(registry: Registry, value: str, extra: tuple[str, ...] = ()) -> None:
+    if value in extra:
+        return
+    try:
+        registry.factory(value)
+    except UsageError as err:
+        valid = ", ".join([*extra, *registry.names()])
+        raise ConfigError(f"{registry.key}={value!r}: unknown; expected one of {valid}") from err
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Each part the config names is registered."""
+    _known(LOSSES, cfg.loss.name)
+    _known(HEADS, cfg.model.head)
+    _known(DATA_SETS, cfg.data.name)
+    _known(SAMPLERS, cfg.data.sampler)
+    _known(ADAPTERS, cfg.stage2.method, ("none",))
+    _known(MIX_FUNCTIONS, cfg.train.mix, ("none",))
+    backbone = cfg.model.backbone
+    if not backbone.startswith("timm/") and backbone not in BACKBONES:
+        raise ConfigError(
+            f"model.backbone={backbone!r}: unknown; expected one of {', '.join(list_backbones())}"
+        )
+    parse_augment(cfg.data.augment)
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """What a stage-2 method or MaxNorm needs of the rest of the run."""
+    method, train = cfg.stage2.method, cfg.train
+    if train.epochs < 1 and method not in TRAINS_NOTHING:
+        raise ConfigError(
+            f"train.epochs={train.epochs}: must be >= 1 (0 only for stage2.method="
+            f"{' or '.join(TRAINS_NOTHING)}, which train nothing)"
+        )
+    if train.maxnorm == "off":
+        return
+    if method in NO_CLASS_WEIGHTS:
+        raise ConfigError(
+            f"train.maxnorm={train.maxnorm} with stage2.method={method}: this stage trains no "
+            "class weight vectors; MaxNorm needs a trained linear classifier"
+        )
+    if cfg.model.head in UNIT_NORM_HEADS:
+        raise ConfigError(
+            f"train.maxnorm={train.maxnorm} with model.head={cfg.model.head}: its class vectors "
+            "are normalised to unit length in the forward, so a norm bound changes nothing; use "
+            "model.head=linear, or train.maxnorm=off"
+        )
