@@ -1,4 +1,4 @@
-"""The CAMC ablation of issue 3 (METHOD.md section 4): Fashion-MNIST-LT IF100, hard class order,
+"""The CAMC ablation of issue 3 (the equal-budget ablation of docs/camc.md): Fashion-MNIST-LT IF100, hard class order,
 ResNet-32, the 30-epoch recipe of configs/fmnist_lt.yaml for every row, 3 seeds (one for the s
 sweep and the ceiling), with the accuracy of the three rarest classes and of the rarest one.
 

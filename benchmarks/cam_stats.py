@@ -1,4 +1,4 @@
-"""Where a trained model looks, measured per class on the whole test set (METHOD.md 3b:
+"""Where a trained model looks, measured per class on the whole test set (docs/camc.md:
 "measure before believing").
 
 For each class, over its test images and the map of its true class:

@@ -1,5 +1,5 @@
 """The cluttered benchmark (issue 21): does CAMC help where the object does not fill the frame?
-Cluttered Fashion-MNIST-LT IF100 (BENCHMARKS.md), hard order, ResNet-32, the 30-epoch recipe of
+Cluttered Fashion-MNIST-LT IF100 (docs/clutter.md), hard order, ResNet-32, the 30-epoch recipe of
 configs/fmnist_lt.yaml, 3 seeds. Each CAMC row has a twin: the same head and loss without CAMC.
 Where each map looks is measured by ``benchmarks/cam_stats.py --table clutter`` on the kept runs.
 
@@ -22,7 +22,7 @@ CAMC_S2 = f"{PREFIX}CAMC section 2"
 CAMC_CLASS = f"{PREFIX}CAMC variant=class"
 NORMALIZED_BS = f"{PREFIX}normalized s=16 + balanced softmax"
 CAMC_BS = f"{PREFIX}CAMC + balanced softmax"
-# METHOD.md 3b's suspect, the reinforcement strength: at alpha 10 the final feature f0 + 10 g is
+# the first probe's suspect, the reinforcement strength: at alpha 10 the final feature f0 + 10 g is
 # nearly the attention-pooled g alone (the cosine classifier ignores its length), so the head
 # predicts from the important regions rather than beside them. One seed, a design probe.
 CAMC_ALPHA10 = f"{PREFIX}CAMC section 2, alpha 10"

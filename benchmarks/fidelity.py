@@ -1,10 +1,9 @@
 """Fidelity to a reference implementation (issue 33): camlt's CE on the very images LDAM-DRW's
 ``cifar_train.py`` trains on, in that code's settings, against its measured result.
 
-The images: Fashion-MNIST written as CIFAR-10 "python version" files, hard class order (the
-steering repo's ``shared/tools/fmnist_as_cifar.py FMNIST_DIR data/fmnist_as_cifar
-1,5,7,8,9,3,0,2,4,6``), so both codes draw the shared CIFAR-LT subset (12,406 images) from the
-same files. The schedule: LDAM-DRW's compressed to 30 epochs (lr x epoch/1 in epoch 1, x0.01 after
+The images: Fashion-MNIST written as CIFAR-10 "python version" files, hard class order
+(``python benchmarks/fmnist_as_cifar.py data/fmnist_as_cifar --order 1,5,7,8,9,3,0,2,4,6``), so
+both codes draw the shared CIFAR-LT subset (12,406 images) from the same files. The schedule: LDAM-DRW's compressed to 30 epochs (lr x epoch/1 in epoch 1, x0.01 after
 epoch 24, x0.0001 after 27), CE + linear, batch 128, wd 2e-4, fp32, seed 0. The reference's own
 run of these settings (fp32, CPU, last epoch) gave 79.74 overall, per class 99.5 97.9 97.9 98.2
 92.3 91.7 87.7 85.7 46.4 0.1. Each row changes one setting towards the reference.

@@ -1,4 +1,4 @@
-"""The full 200-epoch recipe (BENCHMARKS.md's CIFAR-LT schedule, unchanged) on Fashion-MNIST-LT
+"""The full 200-epoch recipe (the CIFAR-LT papers' schedule, unchanged) on Fashion-MNIST-LT
 IF100, hard order, ResNet-32, for the rows the 30-epoch tables single out; one seed. Hours on a
 CPU, minutes on a GPU (benchmarks/gpu.sh runs it).
 

@@ -1,6 +1,6 @@
 """How much of the gap between CE on the long-tailed set and the ceiling each row closes.
 
-BENCHMARKS.md measures a method by that share: the ceiling is the same model and epochs trained
+The gap measure judges a method by that share: the ceiling is the same model and epochs trained
 on the full balanced set, so ``(row - CE) / (ceiling - CE)`` is 0% for plain CE and 100% for a
 method that makes the long tail cost nothing. Rows are taken from the kept results of the
 baselines, ablation and recipes tables (hard order, 30 epochs), means over their seeds; the

@@ -320,7 +320,7 @@ def rarest1(entry: dict) -> float:
     return entry["metrics"]["per_class"][rarest(entry, 1)[0]]
 
 
-# The columns METHOD.md 3b's probe reported, beside the groups of COLUMNS.
+# The columns the first CAMC probe reported, beside the groups of COLUMNS.
 RAREST_COLUMNS = {"3 rarest": rarest3, "rarest": rarest1}
 
 

@@ -1,4 +1,4 @@
-"""The CAMC head (METHOD.md sections 2 and 3b): shapes, gradients, maps, prototypes, options."""
+"""The CAMC head (docs/camc.md: steps 1-9 and variant=class): shapes, gradients, maps, prototypes, options."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from imagefiles import image_folder, imagenet_lt, write_lines
+from imagefiles import image_folder, imagenet_lt, write_jpeg, write_lines
 
 from camlt.cli import main
 from camlt.data.check import check
@@ -75,3 +75,13 @@ def test_inat_sized_split_file_is_fast(tmp_path, n):
     report = check(path)
     assert report["num_images"] == n and report["num_classes"] == 8142
     assert time.perf_counter() - start < 30  # the issue asks for under a minute
+
+
+def test_a_csv_is_checked_against_the_files_beside_it_as_training_reads_it(tmp_path):
+    for i in range(3):
+        write_jpeg(tmp_path / "img" / f"{i}.jpg", i % 2, seed=i)
+    rows = ["path,label", "img/0.jpg,cat", "img/1.jpg,dog", "img/2.jpg,cat", "img/9.jpg,dog"]
+    csv = write_lines(tmp_path / "list.csv", rows)
+    report = check(csv)
+    assert report["files_checked"] and report["image_root"] == str(tmp_path)
+    assert report["missing"] == 1 and "list.csv:5" in report["missing_files"][0]

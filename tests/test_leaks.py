@@ -14,8 +14,8 @@ import pytest
 from fuzz_settings import examples
 from hypothesis import given
 from hypothesis import strategies as st
-from imagefiles import image_folder, write_jpeg, write_lines
-from test_files import cfg_for, split_cfg
+from imagefiles import file_overrides, image_folder, write_jpeg, write_lines
+from test_files import RECIPE, cfg_for, split_cfg
 
 from camlt import engine
 from camlt.cli import main as cli
@@ -203,3 +203,30 @@ def test_a_folder_named_with_an_escape_sequence_is_printed_escaped(tmp_path, cap
     assert cli(["data", "check", str(root), "--per-class"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "cat\\x1b[31m" in out
+
+
+def test_an_empty_class_folder_is_refused_or_left_out_on_request(tmp_path, capsys):
+    root = image_folder(tmp_path / "pets", {"cat": 8, "dog": 8})
+    (root / "emu").mkdir()
+    extra = ("data.name=image_folder", f"data.root={root}")
+    with pytest.raises(DataError, match="without any image: emu.*data.bad_images=skip"):
+        build_sets(cfg_for(tmp_path, *extra))
+    sets = build_sets(cfg_for(tmp_path, *extra, "data.bad_images=skip"))
+    assert sets.train.classes == ["cat", "dog"]
+    assert "left out 1 class folders without any image (data.bad_images=skip): emu" in (
+        capsys.readouterr().err
+    )
+    assert cli(["data", "check", str(root)]) == 0
+    assert "class folders without any image" in capsys.readouterr().out
+
+
+def test_a_cut_jpeg_in_own_data_is_found_at_start_not_mid_epoch(tmp_path, capsys):
+    root = image_folder(tmp_path / "pets", {"cat": 8, "dog": 8})
+    whole = (root / "dog" / "img_3.jpg").read_bytes()
+    (root / "dog" / "img_3.jpg").write_bytes(whole[: len(whole) // 2])  # the header still opens
+    extra = ("data.name=image_folder", f"data.root={root}")
+    args = ["train", str(RECIPE), *file_overrides(tmp_path / "run", *extra)]
+    assert cli(args) == 2
+    assert "do not open" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    sets = build_sets(cfg_for(tmp_path, *extra, "data.bad_images=skip"))
+    assert sum(len(s) for s in (sets.train, sets.test)) == 15

@@ -3,7 +3,7 @@ import pytest
 
 from camlt.data.longtail import counts_for_order, profile_counts, select_indices
 
-TOTALS = {  # BENCHMARKS.md: (classes, n_max) -> {IF: training-set size}
+TOTALS = {  # the field's training-set sizes: (classes, n_max) -> {IF: training-set size}
     (10, 5000): {100: 12406, 50: 13996, 10: 20431},
     (100, 500): {100: 10847, 50: 12608, 10: 19573},
 }

@@ -56,6 +56,23 @@ def test_grey_png_becomes_the_padded_training_input(runs):
     assert torch.equal(decode(runs["pngs"][0], loaded.spec), test.images[0])
 
 
+def test_a_colour_photo_given_to_a_greyscale_model_is_warned_about(runs, capsys, tmp_path):
+    from PIL import Image
+
+    grey_as_rgb = Image.open(runs["pngs"][0]).convert("RGB")
+    grey_as_rgb.save(tmp_path / "grey_rgb.png")
+    colour = grey_as_rgb.copy()
+    colour.putpixel((3, 3), (250, 10, 10))
+    colour.save(tmp_path / "colour.png")
+    loaded = open_run(runs["normalized"], device="cpu")
+    predict_files(loaded, [runs["pngs"][0], tmp_path / "grey_rgb.png"], topk=1)
+    assert "warning" not in capsys.readouterr().err  # grey stays grey, whatever its mode
+    predict_files(loaded, [tmp_path / "colour.png"], topk=1)
+    err = capsys.readouterr().err
+    assert "1 colour image(s) made grey for a model trained on greyscale" in err
+    assert "colour.png" in err
+
+
 def test_cli_csv_json_and_an_undecodable_file_is_named_and_skipped(runs, capsys, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")

@@ -139,3 +139,25 @@ def test_profile_that_empties_a_class_is_refused(fmnist_root):
     )
     with pytest.raises(DataError, match="would keep no image"):
         build_datasets(cfg)
+
+
+def test_fashion_mnist_written_as_cifar_reads_back_image_for_image(tmp_path):
+    """benchmarks/fmnist_as_cifar.py: the files a reference CIFAR-LT code reads (str keys under
+    latin1, as torchvision indexes them), holding each garment padded and relabelled."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fmnist_as_cifar import convert
+
+    fmnist = write_fmnist(tmp_path / "fm", per_class_train=7, per_class_test=2)
+    order = [1, 5, 7, 8, 9, 3, 0, 2, 4, 6]
+    folder = convert(str(fmnist), tmp_path / "out", order)
+    entry = pickle.load(open(folder / "data_batch_1", "rb"), encoding="latin1")
+    assert {"data", "labels"} <= set(entry)
+    splits, names = load_cifar(10, str(tmp_path / "out"))
+    original = load_fmnist(str(fmnist))
+    assert names[0] == "trouser" and len(splits["train"].labels) == 70
+    test = splits["test"]
+    assert test.images.shape == (20, 3, 32, 32)
+    assert np.array_equal(test.images[:, 0, 2:30, 2:30], original["test"].images[:, 0])
+    assert np.array_equal(np.asarray(order)[test.labels], original["test"].labels)

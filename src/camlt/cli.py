@@ -14,9 +14,9 @@ from camlt import __version__
 from camlt.checkpoint import atomic_write_json
 from camlt.cli_inspect import add_inspection_commands
 from camlt.cluster import add_resource_arguments
-from camlt.config import ConfigError, default_run_dir, from_yaml_file, load_config
+from camlt.config import ConfigError, from_yaml_file, load_config
 from camlt.errors import UsageError, UserError, printable
-from camlt.rundir import CHECKPOINT, CONFIG_FILE, EVAL_FILE, RUN_FILES
+from camlt.rundir import CHECKPOINT, CONFIG_FILE, EVAL_FILE, RUN_FILES, default_run_dir
 
 # What is printed as one line: errors a user can fix, and the system's (a missing file, a full
 # disk). Anything else is a bug in camlt and shows its traceback.
@@ -259,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", help="where the data lives now, e.g. data.root=DIR (eval-free keys)"
     )
-    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="the split to evaluate (val: the run's own, or data.val_per_class=N)",
+    )
     p.add_argument(
         "--test-prior",
         action="append",
@@ -282,7 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="the model as ONNX or TorchScript, for serving")
     p.add_argument("run_dir", help="run directory or checkpoint file")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default="onnx",
+        help="onnx (onnxruntime, any language) or torchscript (PyTorch without camlt)",
+    )
     p.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or model.pt)")
     p.add_argument("--prior", help="bake in a deployment prior: train, uniform or a prior file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -363,15 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:  # `camlt predict ... | head` closed the pipe: nothing more is wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except EXPECTED_ERRORS as err:
         if os.environ.get("CAMLT_DEBUG"):
             raise
         shown = "\n".join(printable(line) for line in str(err).splitlines())
         print(f"camlt: error: {shown}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `camlt predict ... | head` closed the pipe: nothing more is wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 0
     except KeyboardInterrupt:
         print("camlt: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130

@@ -170,7 +170,9 @@ def add_inspection_commands(sub) -> None:
         default="table",
         help="table: aligned, one line an image; csv: one row an image and rank; json",
     )
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images a forward pass (default 256)"
+    )
     p.add_argument(
         "--prior",
         default="uniform",

@@ -30,6 +30,21 @@ EVAL_FREE_KEYS = (
     "model.pretrained",
     "train.",
 )
+# Keys that may differ on --resume without changing the result (nor a run's name).
+RESUME_FREE_KEYS = (
+    "train.progress",
+    "train.threads",
+    "train.run_dir",
+    "train.out_dir",
+    "train.device",
+    "train.workers",
+    "train.persistent_workers",
+    "train.pin_memory",
+    "train.prefetch_factor",
+    "train.tensorboard",
+    "train.compile",
+    "data.leaks",
+)
 SHOWN = 4  # differences listed per kind before "and N more"
 
 

@@ -6,7 +6,6 @@ with the key's name and the valid alternatives, before any data is read.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -26,7 +25,7 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ClutterConfig:
-    """data.name=fmnist_lt_clutter: the construction's sizes (camlt.data.clutter, BENCHMARKS.md)."""
+    """data.name=fmnist_lt_clutter: the construction's sizes (camlt.data.clutter, docs/clutter.md)."""
 
     fragments: int = 4  # clutter pieces per image, 0..16
     fragment_size: int = 8  # their side, cropped from other images: 1..28
@@ -86,7 +85,7 @@ class DataConfig:
 
 @dataclass
 class CAMCConfig:
-    variant: str = "section2"  # section2 | class (METHOD.md 3b)
+    variant: str = "section2"  # section2 | class (docs/camc.md)
     alpha: float = 1.0
     tau: float = 0.1
     k: int = 5
@@ -625,18 +624,6 @@ def from_yaml_file(path: str | Path) -> DictConfig:
     cfg = _resolve(merge(_read_yaml(path), str(path)), str(path))
     validate(cfg)
     return cfg
-
-
-def default_run_dir(config_path: str | Path, overrides: list[str], out_dir: str) -> Path:
-    """A run directory named by its recipe and overrides, so the same command resumes it."""
-    name = Path(config_path).stem
-    relevant = [o for o in overrides if not o.startswith(("train.run_dir", "train.out_dir"))]
-    if relevant:
-        slug = "-".join(o.replace("/", "_") for o in relevant)
-        if len(slug) > 80:
-            slug = hashlib.sha1(slug.encode()).hexdigest()[:12]
-        name = f"{name}-{slug}"
-    return Path(out_dir) / name
 
 
 def diff(a: DictConfig, b: DictConfig, prefix: str = "") -> list[str]:

@@ -27,7 +27,7 @@ from camlt.checkpoint import (
     remove_stale_temp_files,
     truncate_jsonl,
 )
-from camlt.compat import check_fits
+from camlt.compat import RESUME_FREE_KEYS, check_fits
 from camlt.config import diff, from_yaml_file, to_yaml
 from camlt.rundir import (
     CHECKPOINT,
@@ -62,23 +62,6 @@ class RunState(Protocol):
 
     @property
     def train_counts(self) -> list[int]: ...
-
-
-# Keys that may differ on --resume without changing the result.
-RESUME_FREE_KEYS = (
-    "train.progress",
-    "train.threads",
-    "train.run_dir",
-    "train.out_dir",
-    "train.device",
-    "train.workers",
-    "train.persistent_workers",
-    "train.pin_memory",
-    "train.prefetch_factor",
-    "train.tensorboard",
-    "train.compile",
-    "data.leaks",
-)
 
 
 def rng_state() -> dict:

@@ -24,7 +24,7 @@ def per_class_accuracy(
 
 
 def shot_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
-    """Classes by training count: many > 100, medium 20..100, few < 20 (BENCHMARKS.md)."""
+    """Classes by training count: many > 100, medium 20..100, few < 20 (the field's shot groups)."""
     groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
     for cls, n in enumerate(train_counts):
         key = "many" if n > MANY_ABOVE else "few" if n < FEW_BELOW else "medium"

@@ -6,6 +6,7 @@ them; every one of them takes the names from here, so a file is renamed in one p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from camlt import __version__
 from camlt.checkpoint import CheckpointError
+from camlt.compat import RESUME_FREE_KEYS
 from camlt.config import ConfigError, load_yaml, merge
 from camlt.errors import UsageError
 
@@ -40,6 +42,7 @@ __all__ = [
     "RUN_FILES",
     "RUN_MARKER",
     "check_owned",
+    "default_run_dir",
     "CHECKPOINT",
     "CONFIG_FILE",
     "DATA_CHECK_FILE",
@@ -108,6 +111,19 @@ def run_id(run_dir: Path) -> str | None:
         return None
     value = marker.get("run_id") if isinstance(marker, dict) else None
     return value if isinstance(value, str) else None
+
+
+def default_run_dir(config_path: str | Path, overrides: list[str], out_dir: str) -> Path:
+    """A run directory named by its recipe and the overrides that change its result, so the same
+    command resumes it (``train.threads=2`` or ``train.compile=default`` name no new run)."""
+    name = Path(config_path).stem
+    relevant = [o for o in overrides if not o.split("=", 1)[0].startswith(RESUME_FREE_KEYS)]
+    if relevant:
+        slug = "-".join(o.replace("/", "_") for o in relevant)
+        if len(slug) > 80:
+            slug = hashlib.sha1(slug.encode()).hexdigest()[:12]
+        name = f"{name}-{slug}"
+    return Path(out_dir) / name
 
 
 def resolve(path: str | Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Datasets: the long-tailed benchmarks of BENCHMARKS.md, built from their real file formats."""
+"""Datasets: the long-tailed benchmarks (docs/datasets.md), built from their real file formats."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The in-memory benchmarks (Fashion-MNIST-LT and its cluttered variant, CIFAR-10-LT,
-CIFAR-100-LT): their long-tailed training split and balanced test split, as BENCHMARKS.md defines
-them, from the real files."""
+CIFAR-100-LT): their long-tailed training split and balanced test split, by the field's rule
+(docs/datasets.md), from the real files."""
 
 from __future__ import annotations
 

@@ -28,12 +28,13 @@ HISTOGRAM_BINS = (1, 2, 5, 10, 20, 50, 101, 201, 501, 1001)  # lower edges of im
 
 
 def read_any(path: str | Path) -> tuple[SplitList, Path | None]:
-    """A folder tree, a CSV or a split file, and the folder its paths are relative to."""
+    """A folder tree, a CSV or a split file, and the folder its paths are relative to (a CSV's
+    own folder, as training reads it; a split file's only with --image-root)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return read_image_folder(path), path
+        return read_image_folder(path, skip_empty=True), path  # empty folders: reported
     if path.suffix.lower() == ".csv":
-        return read_csv_list(path), None
+        return read_csv_list(path), path.parent
     return read_split_file(path), None
 
 
@@ -110,6 +111,7 @@ def check(
         "outside_root": 0,
         "outside_root_files": [],
         "duplicates": list(entries.meta.get("duplicates", [])),
+        "empty_classes": list(entries.meta.get("empty_classes", [])),
     }
     others = {f"against {p}": read_any(p)[0] for p in against}
     if root is None:
@@ -171,6 +173,11 @@ def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str
     if report["duplicates"]:
         lines.append(f"reached twice through links, counted once: {len(report['duplicates'])}")
         lines += [f"  {name}" for name in report["duplicates"][:limit]]
+    if report.get("empty_classes"):
+        lines.append(
+            "class folders without any image (training refuses them unless data.bad_images=skip): "
+            + ", ".join(report["empty_classes"][:limit])
+        )
     found = DataCheck(**{key: report[key] for key in CHECK_KEYS})
     lines += [f"NOT SAFE: {line}" for line in found.lines()]
     lines.append("images per class -> classes: " + ", ".join(

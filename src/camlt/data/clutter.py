@@ -1,4 +1,4 @@
-"""Cluttered Fashion-MNIST (BENCHMARKS.md): the garment shrunk to a random place on a larger black
+"""Cluttered Fashion-MNIST (docs/clutter.md): the garment shrunk to a random place on a larger black
 canvas among fragments of other garments, so that pooling over every location no longer pools
 over the object alone, and its box kept for measuring where a map looks.
 
@@ -24,7 +24,7 @@ _TAG = 0x636C7574  # "clut": keeps these draws apart from any other use of the s
 
 @dataclass(frozen=True)
 class ClutterSpec:
-    """The construction's sizes (``data.clutter.*``); the defaults are BENCHMARKS.md's."""
+    """The construction's sizes (``data.clutter.*``); the defaults are the benchmark's (docs/clutter.md)."""
 
     fragments: int = 4  # clutter pieces per image
     fragment_size: int = 8  # side of each piece, cropped from another image of the split

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from camlt.data.sources import DataError
-from camlt.errors import UsageError
+from camlt.errors import UsageError, printable
 from camlt.registry import Registry
 
 # Every suffix read as an image: by image folders, by `camlt predict` on a folder, by data check.
@@ -158,12 +158,23 @@ def to_input(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return tensor.contiguous()
 
 
-def decode(path: Path, spec: InputSpec) -> torch.Tensor:
-    """Decode one image file; raises ValueError naming the file when it is not an image."""
+def has_colour(image: Image.Image) -> bool:
+    """Whether an image holds colour that a greyscale model would lose (not grey stored as RGB)."""
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    red, green, blue = image.convert("RGB").split()
+    return red.tobytes() != green.tobytes() or green.tobytes() != blue.tobytes()
+
+
+def decode(path: Path, spec: InputSpec, squashed: list[Path] | None = None) -> torch.Tensor:
+    """Decode one image file; raises ValueError naming the file when it is not an image. A
+    colour image given to a greyscale model is appended to ``squashed``."""
     try:
         with Image.open(path) as image:
             check_pixels(image, path, spec.max_pixels)
             image.load()
+            if squashed is not None and spec.channels == 1 and has_colour(image):
+                squashed.append(path)
             return to_input(image, spec)
     except DataError as err:
         raise UsageError(str(err)) from None
@@ -216,11 +227,18 @@ def load_images(
 ) -> tuple[list[Path], torch.Tensor | None]:
     """Decode every path; an undecodable one is named through ``warn`` and left out."""
     warn = warn or (lambda msg: print(f"camlt: skipped {msg}", file=sys.stderr))
-    kept, tensors = [], []
+    kept, tensors, squashed = [], [], []
     for path in paths:
         try:
-            tensors.append(decode(path, spec))
+            tensors.append(decode(path, spec, squashed))
             kept.append(path)
         except ValueError as err:
             warn(str(err))
+    if squashed:
+        shown = ", ".join(printable(str(p)) for p in squashed[:3]) + (" ..." * (len(squashed) > 3))
+        print(
+            f"camlt: warning: {len(squashed)} colour image(s) made grey for a model trained on "
+            f"greyscale images; its answers on them may be poor: {shown}",
+            file=sys.stderr,
+        )
     return kept, (torch.stack(tensors) if tensors else None)

@@ -59,7 +59,7 @@ FILE_BENCHMARKS = {
     "places_lt": FileBenchmark(
         365, "Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"
     ),
-    # iNaturalist 2018 has no test split: its official val split is the test split (BENCHMARKS.md).
+    # iNaturalist 2018 has no test split: its official val split is the test split, as the field reports it.
     "inat2018": FileBenchmark(8142, "iNaturalist18_train.txt", None, "iNaturalist18_val.txt"),
     "split_files": FileBenchmark(None, None, None, None),
 }
@@ -298,8 +298,15 @@ def _read_lists(cfg: DictConfig) -> tuple[dict[str, SplitList | None], Path, lis
     if data.name in OWN_DATA:
         notes: list[str] = []
         if data.name == "image_folder":
-            whole, base = read_image_folder(data.root), Path(data.root)
+            whole = read_image_folder(data.root, skip_empty=data.bad_images == "skip")
+            base = Path(data.root)
             notes = [n for n in [duplicate_report(whole)] if n]
+            if whole.meta["empty_classes"]:
+                notes.append(
+                    f"{data.root}: left out {len(whole.meta['empty_classes'])} class folders "
+                    f"without any image (data.bad_images=skip): "
+                    + ", ".join(whole.meta["empty_classes"][:10])
+                )
         else:
             csv_path = _data_path(cfg, data.csv_file)
             whole = read_csv_list(csv_path)
@@ -363,9 +370,11 @@ def _file_splits(
         keep = np.asarray([i for i, f in enumerate(res.files) if f is not None], dtype=np.int64)
         lists[name] = split.subset(keep)
         lists[name].paths = [res.files[i] for i in keep]
-    if data.bad_images == "skip":  # before the counts are taken: they shape groups and priors
-        lists["train"], note = _drop_unreadable(lists["train"], data.max_pixels)
-        reports += [note] if note else []
+    own = data.name in OWN_DATA  # a user's own files: every one decoded now, not mid-epoch
+    for name in ("train", "val", "test") if own else ("train",) * (data.bad_images == "skip"):
+        if lists.get(name) is not None:  # before the counts are taken: they shape the priors
+            lists[name], note = _drop_unreadable(lists[name], name, data, decode=own)
+            reports += [note] if note else []
     train = lists["train"]
     bench = FILE_BENCHMARKS.get(data.name)
     fixed = bench.num_classes if bench else None
@@ -395,18 +404,28 @@ def _file_splits(
     return lists, classes, table, reports
 
 
-def _drop_unreadable(split: SplitList, max_pixels: int) -> tuple[SplitList, str | None]:
-    """The entries whose image header opens (data.bad_images=skip): a file that is empty, not
-    an image or too large is left out here, so the class counts, shot groups and the prior of
-    balanced softmax count only images that train. Damage past the header is still caught, and
-    dropped from its batch, when the image is decoded."""
-    bad = [i for i, path in enumerate(split.paths) if header_error(path, max_pixels)]
+def _drop_unreadable(
+    split: SplitList, name: str, data: DictConfig, decode: bool
+) -> tuple[SplitList, str | None]:
+    """The entries whose image opens: a file that is empty, not an image or too large (and, with
+    ``decode``, one cut short) is refused, or left out under data.bad_images=skip, before the
+    class counts are taken, so shot groups and the prior of balanced softmax count only images
+    that train. Damage found only by a full decode is still caught, and dropped from its batch."""
+    errors = [header_error(path, data.max_pixels, decode) for path in split.paths]
+    bad = [i for i, error in enumerate(errors) if error]
     if not bad:
         return split, None
+    shown = ", ".join(
+        f"{split.source}:{split.lines[i]} {split.paths[i]} ({errors[i]})" for i in bad[:5]
+    )
+    if data.bad_images == "error":
+        raise DataError(
+            f"{len(bad)} of {len(split)} images of the {name} split do not open: {shown}; set "
+            "data.bad_images=skip to train without them"
+        )
     keep = np.asarray(sorted(set(range(len(split))) - set(bad)), dtype=np.int64)
-    shown = ", ".join(f"{split.source}:{split.lines[i]} {split.paths[i]}" for i in bad[:10])
     note = (
-        f"train split: left out {len(bad)} unreadable images before counting classes "
+        f"{name} split: left out {len(bad)} unreadable images before counting classes "
         f"(data.bad_images=skip): {shown}"
     )
     return split.subset(keep), note

@@ -23,8 +23,11 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def read_image_folder(root: str | Path) -> SplitList:
+def read_image_folder(root: str | Path, skip_empty: bool = False) -> SplitList:
     """Every image under ``root/<class>/...``; classes are the sorted folder names.
+
+    A class folder without an image is refused, or with ``skip_empty`` left out (named in
+    ``meta["empty_classes"]``, which training reports).
 
     Links are followed, but each real file counts once and each real folder is entered once: a
     link back up the tree cannot loop, and a link into another class's folder cannot put one
@@ -53,11 +56,18 @@ def read_image_folder(root: str | Path) -> SplitList:
     paths = [rel for rel, _ in entries]
     labels = [label for _, label in entries]
     empty = sorted(set(classes) - {classes[i] for i in set(labels)})
-    if empty:
-        raise DataError(f"{root}: class folders without any image: {', '.join(empty[:10])}")
+    if empty and not skip_empty:
+        raise DataError(
+            f"{root}: class folders without any image: {', '.join(empty[:10])}; remove them, or "
+            "set data.bad_images=skip to train without them"
+        )
+    kept = [name for name in classes if name not in empty]
+    renumber = {classes.index(name): i for i, name in enumerate(kept)}
     lines = np.arange(1, len(paths) + 1)
-    found = SplitList(str(root), paths, np.asarray(labels, dtype=np.int64), lines, classes)
+    labels_kept = np.asarray([renumber[label] for label in labels], dtype=np.int64)
+    found = SplitList(str(root), paths, labels_kept, lines, kept)
     found.meta["duplicates"] = duplicates
+    found.meta["empty_classes"] = empty
     return found
 
 

@@ -2,7 +2,7 @@
 
 The circulating copies of the ImageNet-LT / Places-LT split files disagree on path prefixes
 (``val/X.JPEG`` against ``val/<wnid>/X.JPEG``; ``val/airfield/X.jpg`` against ``val_256/X.jpg``;
-``data_256/a/airfield/X.jpg``; BENCHMARKS.md), and users then hit FileNotFoundError. Rather than
+``data_256/a/airfield/X.jpg``), and users then hit FileNotFoundError. Rather than
 a table of known layouts, ``auto`` first tries the paths as written; when some are not there it
 indexes the image root once and matches each entry by the longest unique tail of its path
 (``airfield/00000029.jpg``, then ``X.JPEG``), which covers every layout above and refuses to

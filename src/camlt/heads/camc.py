@@ -1,4 +1,4 @@
-"""The CAMC head of METHOD.md section 2 (and the class-specific design of section 3b).
+"""The CAMC head (docs/camc.md, steps 1-9) and its class-specific design (``variant=class``).
 
 It replaces GAP + normalized classifier on any CNN feature map. The code follows the spec's
 numbered steps and names: ``F`` the feature map, ``W`` the classifier weights (shared with a
@@ -171,7 +171,7 @@ class CAMCHead(nn.Module):
     def _forward_section2(
         self, F: torch.Tensor, P: torch.Tensor, targets, return_maps: bool, map_class
     ) -> HeadOutput:
-        """Steps 1-9 of METHOD.md section 2."""
+        """Steps 1-9 of docs/camc.md."""
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)  # (B, C, HW): the C-vector at each location u
@@ -206,7 +206,7 @@ class CAMCHead(nn.Module):
     def _forward_class(
         self, F: torch.Tensor, P: torch.Tensor, targets, return_maps: bool, map_class
     ) -> HeadOutput:
-        """METHOD.md 3b: each class attends to its own regions and reinforces its own logit."""
+        """variant=class: each class attends to its own regions and reinforces its own logit."""
         W, s = self.classifier.weight.float(), self.classifier.scale
         W_hat = nnf.normalize(W, dim=1)
         F_u = F.flatten(2)

@@ -1,4 +1,4 @@
-"""The normalized classifier of METHOD.md section 1: ``z_k = s * <f_hat, w_hat_k>``, no bias."""
+"""The scaled normalized classifier: ``z_k = s * <f_hat, w_hat_k>``, no bias."""
 
 from __future__ import annotations
 
