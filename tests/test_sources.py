@@ -152,7 +152,8 @@ def test_fashion_mnist_written_as_cifar_reads_back_image_for_image(tmp_path):
     fmnist = write_fmnist(tmp_path / "fm", per_class_train=7, per_class_test=2)
     order = [1, 5, 7, 8, 9, 3, 0, 2, 4, 6]
     folder = convert(str(fmnist), tmp_path / "out", order)
-    entry = pickle.load(open(folder / "data_batch_1", "rb"), encoding="latin1")
+    with open(folder / "data_batch_1", "rb") as fh:
+        entry = pickle.load(fh, encoding="latin1")
     assert {"data", "labels"} <= set(entry)
     splits, names = load_cifar(10, str(tmp_path / "out"))
     original = load_fmnist(str(fmnist))
