@@ -93,9 +93,11 @@ def _dump(path: Path, obj: dict) -> None:
         pickle.dump(obj, fh, protocol=2)
 
 
-@pytest.fixture
-def fmnist_root(tmp_path: Path) -> Path:
-    return write_fmnist(tmp_path / "fmnist")
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory) -> Path:
+    """The one generated Fashion-MNIST (30 train / 8 test images a class) every test reads;
+    a test that needs other counts or damaged files writes its own with ``write_fmnist``."""
+    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
 
 
 def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
@@ -119,15 +121,17 @@ def tiny_overrides(root: Path, run_dir: Path) -> list[str]:
     ]
 
 
+def tiny_config(root: Path, run_dir: Path, *extra: str):
+    """The tiny config of ``tiny_overrides`` on ``root``, writing to ``run_dir``: the one
+    helper every test that trains Fashion-MNIST builds its config with."""
+    return load_config(
+        ROOT / "configs" / "fmnist_lt.yaml", tiny_overrides(root, run_dir) + list(extra)
+    )
+
+
 @pytest.fixture
 def tiny_cfg(fmnist_root: Path, tmp_path: Path):
-    def make(*extra: str):
-        return load_config(
-            ROOT / "configs" / "fmnist_lt.yaml",
-            tiny_overrides(fmnist_root, tmp_path / "run") + list(extra),
-        )
-
-    return make
+    return lambda *extra: tiny_config(fmnist_root, tmp_path / "run", *extra)
 
 
 ROOT = Path(__file__).resolve().parents[1]

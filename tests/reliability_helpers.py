@@ -7,18 +7,15 @@ import os
 from pathlib import Path
 
 import torch
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, tiny_config
 
 from camlt import rundir
 from camlt.checkpoint import TEMP_PREFIX, load_checkpoint, read_jsonl
-from camlt.config import load_config
 
 RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
 
 
-def tiny(data_root: Path, run_dir: Path, *extra: str):
-    """The tiny two-epoch config of conftest, on ``data_root``, writing to ``run_dir``."""
-    return load_config(RECIPE, tiny_overrides(data_root, run_dir) + list(extra))
+tiny = tiny_config  # the tiny two-epoch config of conftest
 
 
 def same_run(run_a: Path, run_b: Path) -> None:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import write_cifar, write_fmnist
+from conftest import write_cifar
 from reliability_helpers import RECIPE, tiny
 
 from camlt import engine
@@ -19,8 +19,8 @@ from camlt.trained import evaluate_run
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+def data_root(fmnist_root):
+    return fmnist_root
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+def data(fmnist_root) -> Path:
+    return fmnist_root
 
 
 def tiny(root: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides, write_fmnist
+from conftest import ROOT, tiny_overrides
 from omegaconf import OmegaConf
 from reliability_helpers import kill_after_first_checkpoint
 
@@ -200,8 +200,8 @@ def test_images_of_a_batch_get_their_own_draws():
 
 # ----------------------------------------------------------------------------- whole runs
 @pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    return write_fmnist(tmp_path_factory.mktemp("fm") / "fmnist")
+def fmnist(fmnist_root):
+    return fmnist_root
 
 
 LEVERS = [

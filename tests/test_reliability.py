@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_overrides, write_fmnist
+from conftest import tiny_overrides
 from reliability_helpers import RECIPE, FailingOs, same_run, temp_files, tiny
 
 from camlt import checkpoint, cli, engine
@@ -22,8 +22,8 @@ from camlt.checkpoint import CheckpointError, append_jsonl, load_checkpoint, rea
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+def data_root(fmnist_root):
+    return fmnist_root
 
 
 @pytest.fixture(scope="module")

@@ -89,16 +89,20 @@ def test_a_log_that_ends_elsewhere_than_the_checkpoint_is_refused_by_report(runs
     assert "ends at epoch 3 but checkpoint.pt is of epoch 1" in capsys.readouterr().err
 
 
-def test_the_report_carries_the_data_check_of_file_data(tmp_path):
+def test_the_report_of_file_data_carries_its_data_check_and_no_benchmark_profile(tmp_path, capsys):
     root = image_folder(tmp_path / "pets", {"cat": 8, "dog": 8})
     cfg = load_config(
         ROOT / "configs" / "fmnist_lt.yaml",
         file_overrides(tmp_path / "run", "data.name=image_folder", f"data.root={root}"),
     )
-    engine.train(cfg, tmp_path / "run")
+    engine.train(cfg, tmp_path / "run")  # 1 epoch of a recipe whose lr steps at 24 and 27
+    assert "train.milestones=[24, 27]: [24, 27] lie at or beyond the last epoch" in (
+        capsys.readouterr().err
+    )
     assert cli(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "Data check: no image in two splits" in page
+    assert f"image_folder {root}" in page and "order=" not in page
     summary = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
     assert summary["data_check"]["leaks"] == []
 

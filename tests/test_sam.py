@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides, write_fmnist
+from conftest import ROOT, tiny_config
 
 from camlt import engine
 from camlt.config import ConfigError, load_config
@@ -36,13 +36,12 @@ def test_imbsam_tail_is_the_classes_at_or_below_the_limit():
 
 
 @pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    return write_fmnist(tmp_path_factory.mktemp("sam") / "fmnist")
+def fmnist(fmnist_root):
+    return fmnist_root
 
 
 def tiny_run(fmnist, tmp_path, *extra: str) -> engine.Run:
-    cfg = load_config(RECIPE, tiny_overrides(fmnist, tmp_path) + ["model.head=camc", *extra])
-    return engine.build_run(cfg, tmp_path)
+    return engine.build_run(tiny_config(fmnist, tmp_path, "model.head=camc", *extra), tmp_path)
 
 
 def one_batch(run: engine.Run):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_overrides, write_fmnist
+from conftest import ROOT, tiny_config, tiny_overrides
 
 from camlt import engine
 from camlt.checkpoint import load_checkpoint
@@ -19,14 +19,10 @@ from camlt.trained import evaluate_run
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
+def stage1(fmnist_root, tmp_path_factory):
     """One finished stage-1 run (CE + linear head), shared by the tests of this module."""
-    base = tmp_path_factory.mktemp("stage1")
-    root = write_fmnist(base / "fmnist")
-    run_dir = base / "s1"
-    cfg = load_config(
-        ROOT / "configs" / "fmnist_lt.yaml", tiny_overrides(root, run_dir) + ["model.head=linear"]
-    )
+    root, run_dir = fmnist_root, tmp_path_factory.mktemp("stage1") / "s1"
+    cfg = tiny_config(root, run_dir, "model.head=linear")
     metrics = engine.train(cfg, run_dir)
     return root, run_dir, metrics
 

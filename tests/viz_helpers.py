@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import conftest
 import numpy as np
-from conftest import ROOT, tiny_overrides, write_fmnist
+from conftest import write_fmnist
 from PIL import Image
 
 from camlt import engine
-from camlt.config import load_config
 from camlt.data import build_datasets
 
 
@@ -19,8 +19,7 @@ def data_root(base: Path) -> Path:
 
 
 def tiny_config(base: Path, name: str, *extra: str):
-    overrides = tiny_overrides(data_root(base), base / name) + ["train.epochs=1", *extra]
-    return load_config(ROOT / "configs" / "fmnist_lt.yaml", overrides)
+    return conftest.tiny_config(data_root(base), base / name, "train.epochs=1", *extra)
 
 
 def train_tiny(base: Path, name: str, *extra: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +48,7 @@ from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
 from camlt.mixing import BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
-from camlt.preflight import check_run
+from camlt.preflight import check_run, warnings_of
 from camlt.registry import Describes, EpochAware
 from camlt.regularize import MaxNorm, build_maxnorm
 from camlt.rundir import (
@@ -469,6 +470,8 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
 def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
     check_run(cfg)  # every name and data key, before the directory or any data file is touched
     main = dist.is_main  # rank 0 alone writes the directory; the others would see its first files
+    for warning in warnings_of(cfg) if main else ():
+        print(f"camlt: warning: {warning}", file=sys.stderr, flush=True)
     fresh = claim_run_dir(cfg, run_dir, main)
     try:
         with RunLock(run_dir) if main else contextlib.nullcontext():  # a second run is told

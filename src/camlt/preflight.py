@@ -31,6 +31,19 @@ def check_run(cfg: DictConfig) -> None:
     check_data_config(cfg)
 
 
+def warnings_of(cfg: DictConfig) -> list[str]:
+    """Settings that are valid but almost surely not meant: said at the start of training."""
+    train, found = cfg.train, []
+    late = [m for m in train.milestones if m >= train.epochs]
+    if train.schedule == "multistep" and late and train.epochs > 0:
+        found.append(
+            f"train.milestones={list(train.milestones)}: {late} lie at or beyond the last epoch "
+            f"(train.epochs={train.epochs}), so the learning rate never decays there; give "
+            "milestones within the run or train.schedule=cosine"
+        )
+    return found
+
+
 def _known(registry: Registry, value: str, extra: tuple[str, ...] = ()) -> None:
     if value in extra:
         return

@@ -20,7 +20,7 @@ import torch
 
 from camlt.checkpoint import atomic_write_text, read_jsonl
 from camlt.config import to_yaml
-from camlt.data.inputs import set_images
+from camlt.data.inputs import DATASETS, set_images
 from camlt.data.leaks import DataCheck
 from camlt.errors import UsageError
 from camlt.metrics import ECE_BINS, GROUP_COLUMNS, evaluate_predictions
@@ -425,11 +425,17 @@ def _class_table(runs: Sequence[RunData]) -> str:
 
 def _describe(run: RunData) -> str:
     cfg = run.loaded.cfg
+    data = html.escape(cfg.data.name)
+    if cfg.data.name in DATASETS:  # a benchmark cut to a profile: its order and imbalance
+        data += f" order={cfg.data.order} IF={cfg.data.imbalance:g}"
+    else:  # files: where they are (and the profile only where the run cut one)
+        data += f" {html.escape(str(cfg.data.root or cfg.data.image_root or cfg.data.csv_file))}"
+        data += f" IF={cfg.data.imbalance:g}" if cfg.data.subsample else ""
     return (
         f"<b>{html.escape(run.name)}</b>: <code>{html.escape(str(run.run_dir))}</code> "
-        f"(epoch {run.loaded.epoch}/{cfg.train.epochs}): {html.escape(cfg.data.name)} "
-        f"order={cfg.data.order} IF={cfg.data.imbalance:g}, backbone {html.escape(cfg.model.backbone)}, "
-        f"head {html.escape(cfg.model.head)}, loss {html.escape(cfg.loss.name)}"
+        f"(epoch {run.loaded.epoch}/{cfg.train.epochs}): {data}, backbone "
+        f"{html.escape(cfg.model.backbone)}, head {html.escape(cfg.model.head)}, loss "
+        f"{html.escape(cfg.loss.name)}"
     )
 
 
