@@ -14,7 +14,8 @@ from it, then the CAMC rows; set BEST_CAMC to the two best CAMC rows for the sta
 
 from __future__ import annotations
 
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 BASE = "configs/fmnist_lt.yaml"  # hard order, ResNet-32, 30 epochs
 CAMC = "configs/fmnist_lt_camc.yaml"  # the same recipe with model.head=camc

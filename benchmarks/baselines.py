@@ -13,7 +13,8 @@ post-hoc corrections. tau-norm uses a fixed tau=1 (there is no validation split)
 CIFAR-10-LT / CIFAR-100-LT: one command per row with configs/baselines/*.yaml (docs/baselines.md).
 """
 
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 RECIPE = "configs/fmnist_lt.yaml"
 LINEAR = "model.head=linear"

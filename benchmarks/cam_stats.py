@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import clutter
+import runner
 import table
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ def fill_localisation(name: str, runs_dir: Path) -> str:
     kept = json.loads(path.read_text()) if path.is_file() else {}
     results = table.load(RESULTS / f"{name}.json")
     for key, entry in sorted(results.items()):
-        run_dir = table.run_dir_of(entry["row"], entry["seed"], runs_dir)
+        run_dir = runner.run_dir_of(entry["row"], entry["seed"], runs_dir)
         if key in kept or not (run_dir / FINAL_FILE).is_file():
             continue
         print(f"measuring {key}", flush=True)

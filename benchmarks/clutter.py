@@ -10,7 +10,8 @@ Where each map looks is measured by ``benchmarks/cam_stats.py --table clutter`` 
 
 from __future__ import annotations
 
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 BASE = "configs/fmnist_lt_clutter.yaml"
 CAMC = "configs/fmnist_lt_clutter_camc.yaml"

@@ -12,7 +12,8 @@ run of these settings (fp32, CPU, last epoch) gave 79.74 overall, per class 99.5
     python benchmarks/fidelity.py --render-only
 """
 
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 BASE = "configs/baselines/cifar10_lt_ce.yaml"  # LDAM-DRW's schedule, per-epoch warm-up
 ROOT_DIR = "data/fmnist_as_cifar"  # relative to the repository root, where the table runs

@@ -15,34 +15,27 @@ every table's markdown and README block are rebuilt.
 from __future__ import annotations
 
 import argparse
-import functools
-import os
-import shlex
-import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ablation
 import baselines
-import cloudpickle
 import clutter
 import foundation_table
 import full_recipe
 import recipes
 import subsets
 import table
-from table import Row
+from runner import build_queue, executor_of, fill_queue, without_stage1
 
 from camlt import cluster
-from camlt.config import COMPILE_MODES, load_config
-from camlt.rundir import CHECKPOINT
+from camlt.checkpoint import atomic_write_json
+from camlt.config import COMPILE_MODES
 
 if TYPE_CHECKING:
-    import submitit
+    pass
 
 TABLES = {
     "foundation": foundation_table.ROWS,
@@ -85,253 +78,6 @@ FIRST = [
     *clutter.FIRST,
     *(row.name for row in subsets.ROWS),  # the subset's share of the spread (issue 33)
 ]
-
-
-LOCAL_HINT = "fill the tables on this machine with --cluster local"
-# A step's cost against a plain one (benchmarks/results/sam_cost.md: 2.01x and 2.74x).
-SAM_STEP_COST = {"off": 1.0, "sam": 2.0, "imbsam": 2.7}
-# Only runs of at least this cost set the pace: a post-hoc stage 2 (cost 1) is all start-up.
-MIN_PACE_COST = 10
-
-
-@dataclass
-class Task:
-    """One (row, seed) to train, the tables that keep its result, and its cost in LT epochs."""
-
-    row: Row
-    seed: int
-    tables: list[str]
-    cost: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.row.name}/seed{self.seed}"
-
-
-def cost_of(row: Row) -> float:
-    """Training epochs, in units of one Fashion-MNIST-LT epoch, plus one for start-up and tests."""
-    extra = ["model.init_from=stage1"] if row.depends else []
-    cfg = load_config(table.ROOT / row.config, row.overrides + extra)
-    balanced = 60_000 / 12_406 if cfg.data.balanced else 1
-    return cfg.train.epochs * balanced * SAM_STEP_COST[cfg.train.sam] + 1
-
-
-def build_queue(
-    tables: dict[str, list[Row]], first: list[str], results: dict[str, dict], seeds=(0, 1, 2)
-) -> list[Task]:
-    """The missing (row, seed) pairs of every table, rows named in ``first`` leading in that order.
-
-    A result that one table has and another lacks is copied into ``results``, not retrained.
-    """
-    rows: dict[str, Row] = {}
-    where: dict[str, list[str]] = {}
-    for name, table_rows in tables.items():
-        for row in table_rows:
-            rows.setdefault(row.name, row)
-            where.setdefault(row.name, []).append(name)
-    unknown = [name for name in first if name not in rows]
-    if unknown:
-        raise SystemExit(f"rows {unknown} are in no table; the rows are {sorted(rows)}")
-    queue = []
-    for name in dict.fromkeys([*first, *rows]):
-        row = rows[name]
-        for seed in row.seeds or seeds:
-            key = f"{name}/seed{seed}"
-            have = [results[t][key] for t in where[name] if key in results[t]]
-            for t in where[name]:
-                if have:
-                    results[t].setdefault(key, have[0])
-            if not have:
-                queue.append(Task(row, seed, where[name], cost_of(row)))
-    return queue
-
-
-def without_stage1(queue: list[Task], runs_dir: Path) -> list[Task]:
-    """Stage-2 tasks whose stage-1 result is kept but whose checkpoint is not in ``runs_dir``
-    (trained on another machine): they cannot start here, and retraining would be another run."""
-    queued = {t.key for t in queue}
-    return [
-        t
-        for t in queue
-        if t.row.depends
-        and f"{t.row.depends}/seed{t.seed}" not in queued
-        and not (table.run_dir_of(t.row.depends, t.seed, runs_dir) / CHECKPOINT).is_file()
-    ]
-
-
-@dataclass
-class Running:
-    task: Task
-    job: submitit.Job
-    start: float
-
-
-def job_of(
-    task: Task, runs_dir: Path, extra: list[str], threads: int, kind: str
-) -> cluster.CommandJob:
-    """The submitit job of one run: its ``camlt train`` command, output in ``<run dir>.log``.
-
-    A cluster job also names the machine it ran on (the GPU is the node's, not this one's).
-    """
-    after = None
-    if kind != "local":
-        cloudpickle.register_pickle_by_value(table)  # the node runs table.machine_of unimported
-        run_dir = table.run_dir_of(task.row.name, task.seed, runs_dir)
-        after = functools.partial(table.machine_of, run_dir, threads)
-    return cluster.CommandJob(
-        table.train_command(task.row, task.seed, runs_dir, extra),
-        table.log_path(task.row, task.seed, runs_dir),
-        threads or None,
-        cluster.job_env(kind, cluster.Resources()),
-        after,
-    )
-
-
-def start(
-    tasks: list[Task], ex: submitit.Executor, runs_dir: Path, extra: list[str], threads: int
-) -> list[Running]:
-    """Submit runs together: one SLURM job array, or one local job each."""
-    kind = cluster.kind_of(ex)
-    jobs = [job_of(task, runs_dir, extra, threads, kind) for task in tasks]
-    for job in jobs:
-        print("+", shlex.join(job.command), flush=True)
-    submitted = cluster.submit(ex, jobs, [shlex.join(job.command) for job in jobs], LOCAL_HINT)
-    now = time.time()
-    for task, job in zip(tasks, submitted, strict=True):
-        log = table.log_path(task.row, task.seed, runs_dir)
-        print(f"  {task.key}: job {job.job_id}, output in {log}", flush=True)
-    return [Running(task, job, now) for task, job in zip(tasks, submitted, strict=True)]
-
-
-def stop(run: Running) -> None:
-    """End a run that the budget cut short; its last checkpoint stays for a later resume."""
-    cluster.cancel(run.job)
-
-
-def keep(
-    run: Running,
-    known: dict | None,
-    results: dict[str, dict],
-    runs_dir: Path,
-    extra: list[str],
-    threads: int,
-) -> bool:
-    """Save a finished run's result in every table that lists it; False (and why) if it failed."""
-    key, wall = run.task.key, time.time() - run.start
-    try:
-        machine_name = cluster.outcome(run.job, known)
-    except cluster.JobFailed as err:
-        print(f"FAILED {key}: {err}", flush=True)
-        return False
-    entry = table.collect(run.task.row, run.task.seed, runs_dir, extra, wall, threads, machine_name)
-    for name in run.task.tables:
-        table.save_result(table.RESULTS / f"{name}.json", results[name], key, entry)
-    return True
-
-
-def blocked(task: Task, lost: set[str]) -> bool:
-    """Whether the stage-1 run this task starts from failed, was skipped or was stopped."""
-    return bool(task.row.depends) and f"{task.row.depends}/seed{task.seed}" in lost
-
-
-def ready(task: Task, done: set[str]) -> bool:
-    return not task.row.depends or f"{task.row.depends}/seed{task.seed}" in done
-
-
-def fill_queue(
-    queue: list[Task],
-    results: dict[str, dict],
-    runs_dir: Path,
-    jobs: float,
-    budget_s: float,
-    extra: tuple[str, ...] = (),
-    ex: submitit.Executor | None = None,
-    threads: int | None = None,
-    poll_s: float = 0.5,
-) -> dict[str, list[str]]:
-    """Run the queue until it is empty or the budget is spent; save each result as it comes.
-
-    ``jobs`` runs are in flight at a time, through ``ex`` (default: submitit's local executor,
-    with cores/jobs ``threads`` each). A task is skipped when the seconds per LT epoch measured
-    so far say it would not finish. ``extra`` overrides go to every run (settings that leave the
-    recipe alone, e.g. train.amp).
-    """
-    extra = list(extra)
-    begin = time.time()
-    if threads is None:  # local runs share this machine's cores
-        threads = int(max(1, (os.cpu_count() or 1) // jobs))
-    ex = ex or cluster.executor("local", runs_dir / "submitit", cluster.Resources())
-    done = {key for kept in results.values() for key in kept}
-    outcome: dict[str, list[str]] = {"finished": [], "failed": [], "skipped": [], "stopped": []}
-    rates: list[float] = []  # seconds per cost unit of the runs finished here
-    running: list[Running] = []
-    pending = list(queue)
-    try:
-        while pending or running:
-            known = cluster.states([r.job for r in running])
-            for run in [r for r in running if cluster.finished(r.job, known)]:
-                running.remove(run)
-                key, wall = run.task.key, time.time() - run.start
-                if not keep(run, known, results, runs_dir, extra, threads):
-                    outcome["failed"].append(key)
-                    continue
-                done.add(key)
-                if run.task.cost >= MIN_PACE_COST:
-                    rates.append(wall / run.task.cost)
-                outcome["finished"].append(key)
-                print(f"done {key} in {wall:.0f} s", flush=True)
-            left = begin + budget_s - time.time()
-            if len(outcome["failed"]) >= 3 and not outcome["finished"]:
-                print("the first runs all failed: stopping the queue (see their logs)", flush=True)
-                left = 0
-            if left <= 0:
-                for run in running:
-                    stop(run)
-                    outcome["stopped"].append(run.task.key)
-                running.clear()
-                break
-            lost = {k for kind in ("failed", "skipped", "stopped") for k in outcome[kind]}
-            for task in [t for t in pending if blocked(t, lost)]:
-                pending.remove(task)
-                outcome["skipped"].append(task.key)
-            batch: list[Task] = []
-            for task in [t for t in pending if ready(t, done)]:
-                if len(running) + len(batch) >= jobs:
-                    break
-                pending.remove(task)
-                if rates and statistics.median(rates) * task.cost > left:
-                    outcome["skipped"].append(task.key)
-                    continue
-                batch.append(task)
-            if batch:
-                running += start(batch, ex, runs_dir, extra, threads)
-            if not running and pending and not any(ready(t, done) for t in pending):
-                outcome["skipped"] += [t.key for t in pending]  # waiting on nothing that can come
-                break
-            time.sleep(poll_s)
-    except BaseException:  # Ctrl-C or an error: local runs end with the driver, cluster jobs go on
-        for run in running:
-            if not cluster.is_slurm(run.job):
-                stop(run)
-        raise
-    outcome["skipped"] += [t.key for t in pending if t.key not in outcome["skipped"]]
-    return outcome
-
-
-def executor_of(args: argparse.Namespace) -> tuple[submitit.Executor, int]:
-    """The executor of ``--cluster`` and the threads each run gets (0: SLURM's cores, untold)."""
-    if args.cluster == "local":
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        res = cluster.Resources(name="camlt-table", timeout_min=args.timeout_min)
-    else:
-        if args.gpus_per_node > 1:
-            raise cluster.ClusterError(
-                f"--gpus-per-node {args.gpus_per_node}: each table run is one process on one GPU"
-            )
-        threads = args.cpus_per_task or 0
-        res = replace(cluster.resources_from(args), tasks_per_node=1, name="camlt-table")
-    folder = args.folder or args.runs_dir / "submitit"
-    return cluster.executor(args.cluster, folder, res, LOCAL_HINT), threads
 
 
 def main() -> None:
@@ -387,7 +133,7 @@ def main() -> None:
     table.RESULTS.mkdir(parents=True, exist_ok=True)
     for name, kept in results.items():  # copies between tables
         if kept:
-            table.atomic_write_json(table.RESULTS / f"{name}.json", kept)
+            atomic_write_json(table.RESULTS / f"{name}.json", kept)
     extra = [f"train.amp={args.amp}"] if args.amp else []
     extra += [f"train.compile={args.compile}"] if args.compile else []
     try:

@@ -5,7 +5,8 @@ orders, with the ceiling (CE + linear on the full balanced set, one seed).
     python benchmarks/foundation_table.py --render-only   # rebuild the markdown and README block
 """
 
-from table import Row, main
+from runner import main
+from table import Row
 
 RECIPE = "configs/fmnist_lt.yaml"
 ROWS = [

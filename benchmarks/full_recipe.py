@@ -7,7 +7,8 @@ CPU, minutes on a GPU (benchmarks/gpu.sh runs it).
 """
 
 from ablation import ROWS as ABLATION_ROWS
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 SCHEDULE = ["train.epochs=200", "train.warmup_epochs=5", "train.milestones=[160,180]"]
 PREFIX = "200 epochs, "

@@ -14,7 +14,8 @@ lr x wd, and 5e-4 at lr 0.1 is weight balancing's 5e-3 at its lr 0.01.
 
 from __future__ import annotations
 
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 BASE = "configs/fmnist_lt.yaml"
 LINEAR = "model.head=linear"

@@ -20,8 +20,9 @@ import statistics
 from pathlib import Path
 
 import torch
+from runner import run_dir_of
 from subsets import SPLITS, subset_row
-from table import machine, run_dir_of
+from table import machine
 
 from camlt import calibration
 from camlt.checkpoint import atomic_write_json, atomic_write_text

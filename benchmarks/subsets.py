@@ -8,7 +8,8 @@ training seed equal to the split seed). The 30-epoch tables vary only the traini
 """
 
 from ablation import ROWS as ABLATION_ROWS
-from table import RAREST_COLUMNS, Row, main
+from runner import main
+from table import RAREST_COLUMNS, Row
 
 SPLITS = (1, 2)
 # CE + linear, CE + normalized, the best recipe and CAMC on it; the ceiling trains on the whole

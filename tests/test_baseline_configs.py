@@ -11,6 +11,7 @@ from camlt.config import load_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import baselines  # noqa: E402
+import runner  # noqa: E402
 import table  # noqa: E402
 
 RECIPES = sorted((ROOT / "configs" / "baselines").glob("*.yaml")) + sorted(
@@ -60,24 +61,36 @@ def test_rows_shared_with_the_ablation_are_the_same_runs():
         ), row.name
 
 
-def _fake_trainer(monkeypatch, tmp_path, fail: tuple[str, ...] = ()) -> list[dict]:
-    """Replace the training subprocess by one that writes a final_metrics.json (or fails)."""
+# A stand-in for ``camlt train``: it logs the real command and its threads, then leaves the
+# final_metrics.json a finished run leaves (or fails, for the rows named in argv[2]).
+FAKE = """
+import json, os, pathlib, sys
+cmd, fail, calls = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+with open(calls, "a") as fh:
+    fh.write(json.dumps({"cmd": cmd, "threads": os.environ.get("OMP_NUM_THREADS")}) + chr(10))
+run_dir = pathlib.Path(next(c for c in cmd if c.startswith("train.run_dir=")).split("=", 1)[1])
+if run_dir.name.split("-seed")[0] in fail:
+    sys.exit(1)
+run_dir.mkdir(parents=True)
+final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "b"], "epochs": 1}
+(run_dir / "final_metrics.json").write_text(json.dumps(final))
+"""
+
+
+def _fake_trainer(monkeypatch, tmp_path, fail: tuple[str, ...] = ()):
+    """Runs through the real queue whose ``camlt train`` is FAKE; returns the calls it logged."""
     monkeypatch.setattr(table, "RESULTS", tmp_path / "results")
-    calls, real_run = [], table.subprocess.run
+    log = tmp_path / "calls.jsonl"
+    real = runner.train_command
 
-    def fake_run(cmd, *args, **kwargs):
-        if "camlt.cli" not in cmd:  # e.g. the runner asking git for the commit
-            return real_run(cmd, *args, **kwargs)
-        calls.append({"cmd": cmd, "env": kwargs.get("env"), "stdout": kwargs.get("stdout")})
-        run_dir = Path(next(c for c in cmd if c.startswith("train.run_dir=")).split("=", 1)[1])
-        if run_dir.name.split("-seed")[0] in fail:
-            raise table.subprocess.CalledProcessError(1, cmd)
-        run_dir.mkdir(parents=True)
-        final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "b"]}
-        (run_dir / "final_metrics.json").write_text(json.dumps({**final, "epochs": 1}))
+    def command(row, seed, runs_dir, extra):
+        cmd = real(row, seed, runs_dir, extra)
+        return [sys.executable, "-c", FAKE, json.dumps(cmd), json.dumps(list(fail)), str(log)]
 
-    monkeypatch.setattr(table.subprocess, "run", fake_run)
-    return calls
+    monkeypatch.setattr(runner, "train_command", command)
+    return lambda: (
+        [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    )
 
 
 STAGES = [
@@ -89,43 +102,43 @@ STAGES = [
 def test_a_dependent_row_runs_after_its_stage1_with_init_from(tmp_path, monkeypatch):
     calls = _fake_trainer(monkeypatch, tmp_path)
     extra = ["train.epochs=5", "train.threads=1"]
-    table.fill("t", STAGES, (3,), tmp_path / "runs", extra, ["cRT"])
-    assert len(calls) == 2  # the stage-1 row ran first although --rows named only cRT
-    stage1, stage2 = (c["cmd"] for c in calls)
+    runner.fill_table("t", STAGES, (3,), tmp_path / "runs", extra, ["cRT"])
+    assert len(calls()) == 2  # the stage-1 row ran first although --rows named only cRT
+    stage1, stage2 = (c["cmd"] for c in calls())
     assert "train.epochs=5" in stage1 and "train.epochs=5" not in stage2
     assert f"model.init_from={tmp_path / 'runs' / 'CE-seed3'}" in stage2
     assert "train.threads=1" in stage2
-    table.fill("t", STAGES, (3,), tmp_path / "runs", extra)
-    assert len(calls) == 2  # both kept, nothing rerun
+    runner.fill_table("t", STAGES, (3,), tmp_path / "runs", extra)
+    assert len(calls()) == 2  # both kept, nothing rerun
 
 
 def test_parallel_jobs_split_the_cores_and_log_to_files(tmp_path, monkeypatch):
     calls = _fake_trainer(monkeypatch, tmp_path)
-    monkeypatch.setattr(table.os, "cpu_count", lambda: 4)
-    results = table.fill("t", STAGES, (0, 1), tmp_path / "runs", [], jobs=2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    results = runner.fill_table("t", STAGES, (0, 1), tmp_path / "runs", [], jobs=2)
     assert sorted(results) == ["CE/seed0", "CE/seed1", "cRT/seed0", "cRT/seed1"]
-    assert {c["env"]["OMP_NUM_THREADS"] for c in calls} == {"2"}
-    assert all(c["stdout"] is not None for c in calls)
+    assert {c["threads"] for c in calls()} == {"2"}
     assert (tmp_path / "runs" / "CE-seed0.log").is_file()
-    assert [c["cmd"][4].endswith("fmnist_lt.yaml") for c in calls] == [True, True, False, False]
+    stage1_first = [c["cmd"][4].endswith("fmnist_lt.yaml") for c in calls()]
+    assert stage1_first == [True, True, False, False]
     assert json.loads((tmp_path / "results" / "t.json").read_text()).keys() == results.keys()
 
 
 def test_a_failed_run_skips_its_dependents_and_keeps_the_rest(tmp_path, monkeypatch):
     rows = [*STAGES, table.Row("focal", "configs/fmnist_lt.yaml", ["loss.name=focal"])]
     calls = _fake_trainer(monkeypatch, tmp_path, fail=("CE",))
-    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: CE/seed0"):
-        table.fill("t", rows, (0,), tmp_path / "runs", [])
-    assert len(calls) == 2  # CE and focal; cRT never started
+    with pytest.raises(SystemExit, match="2 run\\(s\\) failed or were skipped: CE/seed0, cRT"):
+        runner.fill_table("t", rows, (0,), tmp_path / "runs", [])
+    assert len(calls()) == 2  # CE and focal; cRT never started
     saved = json.loads((tmp_path / "results" / "t.json").read_text())
     assert list(saved) == ["focal/seed0"]
 
 
 def test_train_seconds_sums_the_epochs_of_every_sitting(tmp_path):
-    assert table.train_seconds(tmp_path) is None  # no run here
+    assert runner.train_seconds(tmp_path) is None  # no run here
     lines = [{"epoch": 1, "epoch_s": 70.25}, {"epoch": 2, "epoch_s": 69.5, "overall": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert table.train_seconds(tmp_path) == 139.8
+    assert runner.train_seconds(tmp_path) == 139.8
 
 
 def test_a_recipe_names_its_base_and_changes_only_what_differs(tmp_path):

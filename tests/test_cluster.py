@@ -27,7 +27,7 @@ from camlt.checkpoint import load_checkpoint, read_jsonl
 from camlt.config import load_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import fill_all  # noqa: E402
+import runner  # noqa: E402
 import table  # noqa: E402
 
 RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
@@ -55,10 +55,10 @@ def fill(base: Path, table_rows: list[table.Row], **kwargs) -> tuple[dict, dict,
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(table, "RESULTS", base / "results")
         results: dict[str, dict] = {"t": {}}
-        queue = fill_all.build_queue({"t": table_rows}, [], results, seeds=(0,))
+        queue = runner.build_queue({"t": table_rows}, [], results, seeds=(0,))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            outcome = fill_all.fill_queue(queue, results, base / "runs", budget_s=300, **kwargs)
+            outcome = runner.fill_queue(queue, results, base / "runs", budget_s=300, **kwargs)
     return outcome, results, printed.getvalue()
 
 

@@ -12,9 +12,10 @@ import pytest
 from conftest import ROOT
 
 from camlt import cluster
+from camlt.checkpoint import RunLock
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import fill_all  # noqa: E402
+import runner  # noqa: E402
 import table  # noqa: E402
 
 CE = table.Row("CE", "configs/fmnist_lt.yaml", ["model.head=linear"])
@@ -33,7 +34,7 @@ final = {"metrics": {"overall": 0.5}, "train_counts": [2, 1], "classes": ["a", "
 def test_the_queue_leads_with_first_and_copies_shared_results_instead_of_retraining():
     kept = {"overrides": [], "metrics": {"overall": 0.5}}
     results = {"a": {"CE/seed0": kept}, "b": {}}
-    queue = fill_all.build_queue({"a": [CE, CRT], "b": [CE, FOCAL]}, ["focal"], results, (0, 1))
+    queue = runner.build_queue({"a": [CE, CRT], "b": [CE, FOCAL]}, ["focal"], results, (0, 1))
     assert [t.key for t in queue] == ["focal/seed0", "CE/seed1", "cRT/seed0", "cRT/seed1"]
     assert results["b"]["CE/seed0"] is kept  # the copy, not a run
     assert queue[1].tables == ["a", "b"]
@@ -46,18 +47,18 @@ def _fake_runs(monkeypatch, tmp_path, seconds: dict[str, float]) -> None:
     (tmp_path / "results").mkdir()
 
     def command(row, seed, runs_dir, extra):
-        run_dir = table.run_dir_of(row.name, seed, runs_dir)
+        run_dir = runner.run_dir_of(row.name, seed, runs_dir)
         return [sys.executable, "-c", FAKE, str(run_dir), str(seconds.get(row.name, 0))]
 
-    monkeypatch.setattr(table, "train_command", command)
+    monkeypatch.setattr(runner, "train_command", command)
 
 
 def test_stage2_waits_for_its_stage1_and_every_table_keeps_the_result(tmp_path, monkeypatch):
     _fake_runs(monkeypatch, tmp_path, {"CE": 0.3})
     results = {"a": {}, "b": {}}
-    queue = fill_all.build_queue({"a": [CE, CRT], "b": [CE]}, [], results, (0,))
+    queue = runner.build_queue({"a": [CE, CRT], "b": [CE]}, [], results, (0,))
     runs = tmp_path / "runs"
-    outcome = fill_all.fill_queue(queue, results, runs, 2, 60, extra=("train.amp=off",))
+    outcome = runner.fill_queue(queue, results, runs, 2, 60, extra=("train.amp=off",))
     assert outcome["finished"] == ["CE/seed0", "cRT/seed0"]  # cRT did not start beside CE
     saved = json.loads((tmp_path / "results" / "b.json").read_text())
     assert list(saved) == ["CE/seed0"] and saved["CE/seed0"]["wall_s"] >= 0.3
@@ -70,8 +71,8 @@ def test_the_budget_stops_what_runs_and_skips_what_cannot_finish(tmp_path, monke
     _fake_runs(monkeypatch, tmp_path, {"short": 1.0, "CE": 30})
     short = table.Row("short", "configs/fmnist_lt.yaml", ["train.epochs=10"], seeds=(0,))
     results = {"a": {}}
-    queue = fill_all.build_queue({"a": [short, CE, CRT]}, [], results, (0, 1))
-    outcome = fill_all.fill_queue(queue, results, tmp_path / "runs", jobs=2, budget_s=3)
+    queue = runner.build_queue({"a": [short, CE, CRT]}, [], results, (0, 1))
+    outcome = runner.fill_queue(queue, results, tmp_path / "runs", jobs=2, budget_s=3)
     assert outcome["finished"] == ["short/seed0"]
     assert outcome["stopped"] == ["CE/seed0"]  # started before any timing existed, then stopped
     # CE/seed1 would need 31/11 x the short run's time; the cRT rows lost their stage 1
@@ -82,18 +83,18 @@ def test_the_budget_stops_what_runs_and_skips_what_cannot_finish(tmp_path, monke
 def test_a_stage2_row_whose_stage1_checkpoint_is_elsewhere_is_left_out(tmp_path):
     kept = {"overrides": [], "metrics": {"overall": 0.5}}
     results = {"a": {"CE/seed0": kept, "CE/seed1": kept}}
-    queue = fill_all.build_queue({"a": [CE, CRT]}, [], results, (0, 1, 2))
+    queue = runner.build_queue({"a": [CE, CRT]}, [], results, (0, 1, 2))
     runs = tmp_path / "runs"
     (runs / "CE-seed1").mkdir(parents=True)
     (runs / "CE-seed1" / "checkpoint.pt").write_bytes(b"")
     # seed 0: kept, but trained elsewhere; seed 1: here; seed 2: CE is queued first
-    assert [t.key for t in fill_all.without_stage1(queue, runs)] == ["cRT/seed0"]
+    assert [t.key for t in runner.without_stage1(queue, runs)] == ["cRT/seed0"]
 
 
 def test_speed_only_overrides_keep_a_row_in_its_table():
-    assert table.table_and_budget("t", []) == ("t", "recipe")
-    assert table.table_and_budget("t", ["train.compile=reduce-overhead"]) == ("t", "recipe")
-    assert table.table_and_budget("t", ["train.epochs=200", "train.compile=default"]) == (
+    assert runner.table_and_budget("t", []) == ("t", "recipe")
+    assert runner.table_and_budget("t", ["train.compile=reduce-overhead"]) == ("t", "recipe")
+    assert runner.table_and_budget("t", ["train.epochs=200", "train.compile=default"]) == (
         "t-train.epochs200",
         "train.epochs200",
     )
@@ -104,13 +105,13 @@ def test_a_second_driver_of_the_same_table_keeps_the_first_ones_rows(tmp_path, m
     path = tmp_path / "results" / "a.json"
     other = {"overrides": [], "metrics": {"overall": 0.9}}
 
-    def run_and_meanwhile_another_driver_saves(*args, **kwargs):
+    def start_and_meanwhile_another_driver_saves(*args, **kwargs):
         table.atomic_write_json(path, {**table.load(path), "focal/seed0": other})
         return real(*args, **kwargs)
 
-    real = table.run_one
-    monkeypatch.setattr(table, "run_one", run_and_meanwhile_another_driver_saves)
-    results = table.fill("a", [CE], (0,), tmp_path / "runs", [])
+    real = runner.start
+    monkeypatch.setattr(runner, "start", start_and_meanwhile_another_driver_saves)
+    results = runner.fill_table("a", [CE], (0,), tmp_path / "runs", [])
     saved = json.loads(path.read_text())
     assert set(saved) == {"CE/seed0", "focal/seed0"} and saved["focal/seed0"] == other
     assert set(results) == set(saved)
@@ -119,8 +120,8 @@ def test_a_second_driver_of_the_same_table_keeps_the_first_ones_rows(tmp_path, m
 def test_a_save_waits_for_the_other_drivers_write_instead_of_racing_it(tmp_path):
     path = tmp_path / "a.json"
     other = {"overrides": [], "metrics": {"overall": 0.9}}
-    saver = threading.Thread(target=table.save_result, args=(path, {}, "CE/seed0", {"x": 1}))
-    with table.locked(path):  # the other driver, between its read and its write
+    saver = threading.Thread(target=runner.save_result, args=(path, {}, "CE/seed0", {"x": 1}))
+    with RunLock(tmp_path, wait=True):  # the other driver, between its read and its write
         saver.start()
         saver.join(timeout=0.5)
         assert saver.is_alive()  # ours waits instead of reading the stale file
@@ -181,12 +182,12 @@ def test_the_command_line_picks_the_executor_and_each_runs_threads(tmp_path):
     args = argparse.Namespace(
         cluster="local", jobs=2, runs_dir=tmp_path, gpus_per_node=0, **options
     )
-    ex, threads = fill_all.executor_of(args)
+    ex, threads = runner.executor_of(args)
     assert cluster.kind_of(ex) == "local" and threads == max(1, (os.cpu_count() or 1) // 2)
     assert ex.folder.parent == tmp_path / "submitit"  # a folder per session (local job ids)
     args.cluster, args.gpus_per_node = "slurm", 2
     with pytest.raises(cluster.ClusterError, match="each table run is one process on one GPU"):
-        fill_all.executor_of(args)
+        runner.executor_of(args)
 
 
 def test_a_printed_command_pasted_into_a_shell_runs_the_same_words(tmp_path, monkeypatch, capsys):
@@ -196,7 +197,7 @@ def test_a_printed_command_pasted_into_a_shell_runs_the_same_words(tmp_path, mon
     one_line = "; ".join(FAKE.strip().splitlines()[1:])  # the fake run as one line
 
     def command(row, seed, runs_dir, extra):
-        run_dir = table.run_dir_of(row.name, seed, runs_dir)
+        run_dir = runner.run_dir_of(row.name, seed, runs_dir)
         return [
             sys.executable,
             "-c",
@@ -207,10 +208,10 @@ def test_a_printed_command_pasted_into_a_shell_runs_the_same_words(tmp_path, mon
             "two words",
         ]
 
-    monkeypatch.setattr(table, "train_command", command)
+    monkeypatch.setattr(runner, "train_command", command)
     results = {"a": {}}
-    queue = fill_all.build_queue({"a": [FOCAL]}, [], results, (0,))
-    fill_all.fill_queue(queue, results, tmp_path / "runs", 1, 60)
+    queue = runner.build_queue({"a": [FOCAL]}, [], results, (0,))
+    runner.fill_queue(queue, results, tmp_path / "runs", 1, 60)
     printed = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert len(printed) == 1 and shlex.split(printed[0])[-2:] == [hostile, "two words"]
     subprocess.run(["bash", "-c", printed[0]], check=True)  # the fake run, pasted

@@ -291,16 +291,20 @@ def truncate_jsonl(path: str | Path, keep: callable) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two runs never write the same files."""
+    """An exclusive lock on a run directory, so two runs never write the same files.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    ``wait``: queue behind the holder instead of refusing (writers of a shared results folder,
+    each holding it for one write)."""
+
+    def __init__(self, run_dir: str | Path, wait: bool = False) -> None:
         self.path = Path(run_dir) / ".lock"
+        self.wait = wait
         self._fh = None
 
     def __enter__(self) -> RunLock:
         self._fh = open(self.path, "a+")
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self._fh.seek(0)
             holder = self._fh.read().strip() or "unknown"

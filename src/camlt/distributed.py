@@ -10,8 +10,10 @@ writes the run directory; every rank reads the checkpoint it wrote on resume.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,20 @@ from omegaconf import DictConfig
 from torch import nn
 
 from camlt.errors import UsageError
+
+
+def machine_name(device: str = "auto", threads: int = 0) -> str:
+    """The device a result comes from, as a results table states it: the GPU's name, else the
+    CPU's model and the threads used (``device``: the run's train.device)."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or "CPU"
+    return f"{cpu} ({threads or torch.get_num_threads()} threads)"
 
 
 def resolve_device(name: str) -> torch.device:
