@@ -23,6 +23,7 @@ from camlt.data.owndata import stratified_split
 from camlt.data.paths import resolve_paths
 from camlt.data.samplers import build_sampler
 from camlt.data.splitfile import read_split_file
+from camlt.errors import UsageError
 
 RECIPE = ROOT / "configs" / "fmnist_lt.yaml"
 
@@ -279,5 +280,5 @@ def test_benchmark_recipes(recipe, name, backbone):
     if name == "places_lt":
         from camlt.models import build_model
 
-        with pytest.raises(FileNotFoundError, match="model.pretrained=.*no such file"):
+        with pytest.raises(UsageError, match="model.pretrained=.*no such file"):
             build_model(cfg.model, 365, 3, [10] * 365)

@@ -105,7 +105,7 @@ class ModelConfig:
     head: str = "normalized"  # linear | normalized | camc
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False
-    pretrained: str | None = None  # a weights file for torchvision backbones
+    pretrained: str | None = None  # weights file (timm, torchvision, efficientnet_pytorch) or hub
     # camlt: each backbone's own (CIFAR ResNets: kaiming normal, fan_out) and torch's defaults;
     # fan_in: kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR code
     init: str = "camlt"

@@ -221,6 +221,9 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     train_set, test_set = data.train_set, data.test_set
     counts = train_set.class_counts()
     model = build_model(cfg.model, train_set.num_classes, data.in_channels, counts)
+    note = getattr(model.backbone, "pretrained_note", None)
+    if note and dist.is_main and not cfg.model.init_from:
+        print(note, flush=True)
     model = adapt_model(model, cfg, train_set.num_classes)  # stage 2: frozen backbone (no-op else)
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory)

@@ -9,6 +9,8 @@ read: a refused command leaves nothing on disk. A newly registered part is valid
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from camlt.config import ConfigError
@@ -29,6 +31,11 @@ def check_run(cfg: DictConfig) -> None:
     check_names(cfg)
     check_combinations(cfg)
     check_data_config(cfg)
+    weights = cfg.model.pretrained
+    if weights and weights != "hub" and not Path(weights).expanduser().is_file():
+        raise ConfigError(
+            f"model.pretrained={weights}: no such file (a weights file, or hub for timm's own)"
+        )
 
 
 def warnings_of(cfg: DictConfig) -> list[str]:

@@ -151,7 +151,9 @@ def open_run(
     if not classes or len(classes) != len(counts):
         raise CheckpointError(f"{ckpt}: checkpoint lacks its class names or training counts")
     spec = input_spec(cfg)
-    model = build_model(cfg.model, len(classes), spec.channels, counts)
+    # the checkpoint's weights replace any pretrained ones: that file is not needed (nor read) here
+    unloaded = OmegaConf.merge(cfg.model, {"pretrained": None})
+    model = build_model(unloaded, len(classes), spec.channels, counts)
     model = adapt_model(model, cfg, len(classes))  # stage-2 runs wrap the backbone and head
     problems = weight_differences(state.get("model"), model)
     if problems:

@@ -6,10 +6,14 @@ import torch
 from torch import nn
 
 from camlt.errors import UsageError
+from camlt.models.pretrained import load_into
 
 
 class TimmFeatures(nn.Module):
-    """A timm model without pooling and classifier; timm is an optional dependency."""
+    """A timm model without pooling and classifier; timm is an optional dependency.
+
+    ``pretrained``: a weights file (timm or efficientnet_pytorch layout, camlt.models.pretrained)
+    or ``hub`` for timm's own ImageNet weights, downloaded (the machine must reach the hub)."""
 
     def __init__(self, name: str, in_channels: int = 3, pretrained: str | None = None) -> None:
         super().__init__()
@@ -17,15 +21,22 @@ class TimmFeatures(nn.Module):
             import timm
         except ImportError:
             raise ImportError("timm backbones need timm: pip install 'camlt[timm]'") from None
-        kwargs = {"pretrained_cfg_overlay": {"file": pretrained}} if pretrained else {}
-        self.net = timm.create_model(
-            name,
-            pretrained=bool(pretrained),
-            num_classes=0,
-            global_pool="",
-            in_chans=in_channels,
-            **kwargs,
-        )
+        hub = pretrained == "hub"
+        try:
+            self.net = timm.create_model(
+                name, pretrained=hub, num_classes=0, global_pool="", in_chans=in_channels
+            )
+        except Exception as err:  # timm's or huggingface_hub's download errors, many kinds
+            if not hub:
+                raise
+            raise UsageError(
+                f"model.pretrained=hub: timm could not fetch {name}'s weights ({type(err).__name__})"
+                "; this machine may not reach the model hub: download the file where it does and "
+                "pass model.pretrained=FILE"
+            ) from None
+        self.pretrained_note = f"model.pretrained: timm's own weights of {name}" if hub else None
+        if pretrained and not hub:
+            self.pretrained_note = load_into(self.net, pretrained, f"timm/{name}")
         self.out_channels = self.net.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from camlt.errors import UsageError
+from camlt.models.pretrained import load_into
 from camlt.models.registry import register_backbone
 
 TORCHVISION_NAMES = (
@@ -30,8 +28,7 @@ class TorchvisionFeatures(nn.Module):
         import torchvision  # here, not at module level: it costs seconds of every CLI start
 
         net = getattr(torchvision.models, name)(weights=None)
-        if pretrained:
-            load_pretrained(net, pretrained)
+        self.pretrained_note = load_into(net, pretrained, name) if pretrained else None
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.body = nn.Sequential(
@@ -48,25 +45,6 @@ class TorchvisionFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-def load_pretrained(net: nn.Module, path: str) -> None:
-    """Load user-supplied ImageNet weights (a state dict file), ignoring the old classifier."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"model.pretrained={path}: no such file. Download the torchvision ImageNet weights "
-            "for this backbone on a machine with internet and pass the .pth file's path."
-        )
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise UsageError(
-            f"{file}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
 
 
 for _name in TORCHVISION_NAMES:
