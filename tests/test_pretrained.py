@@ -73,7 +73,9 @@ def test_a_file_of_another_architecture_is_refused_naming_what_does_not_fit(lite
         TorchvisionFeatures("resnet18", pretrained=str(lite0_file))
     other = timm.create_model("efficientnet_b0", pretrained=False)
     torch.save(other.state_dict(), tmp_path / "b0.pth")
-    with pytest.raises(UsageError, match=r"does not fit timm/efficientnet_lite0.*unexpected \(64\): blocks.0.0.se"):
+    with pytest.raises(
+        UsageError, match=r"does not fit timm/efficientnet_lite0.*unexpected \(64\): blocks.0.0.se"
+    ):
         TimmFeatures("efficientnet_lite0", pretrained=str(tmp_path / "b0.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(UsageError, match="not a weights file"):
