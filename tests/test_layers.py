@@ -36,6 +36,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.priors",
             "camlt.calibration",
             "camlt.preflight",
+            "camlt.finetune",
         )
     },
     # a trained run opened and evaluated: shared by training's evaluation and every reader of a run

@@ -106,6 +106,8 @@ class ModelConfig:
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False
     pretrained: str | None = None  # weights file (timm, torchvision, efficientnet_pytorch) or hub
+    # which backbone weights train (camlt.finetune): full | bn_head | probe | last:N | lp_ft:K
+    finetune: str = "full"
     # camlt: each backbone's own (CIFAR ResNets: kaiming normal, fan_out) and torch's defaults;
     # fan_in: kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR code
     init: str = "camlt"
@@ -142,6 +144,7 @@ class TrainConfig:
     schedule: str = "multistep"  # multistep | cosine
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     lr_decay: float = 0.1
+    backbone_lr: float = 1.0  # the backbone's learning rate, as a multiple of train.lr
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto | bf16 | fp16 | off
@@ -515,6 +518,7 @@ def validate(cfg: DictConfig) -> None:
         "model.camc.k": cfg.model.camc.k,
         "model.camc.tau": cfg.model.camc.tau,
         "data.max_pixels": cfg.data.max_pixels,
+        "train.backbone_lr": cfg.train.backbone_lr,
     }
     for key in ("mean", "std"):
         values = cfg.data[key]

@@ -34,6 +34,7 @@ from camlt.data import BatchLoader, TensorImageSet, build_loaders
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
 from camlt.errors import UsageError, UserError
+from camlt.finetune import FineTune
 from camlt.heads.base import NoWeightDecay
 from camlt.lifecycle import (
     abandon_fresh_dir,
@@ -115,14 +116,26 @@ def no_decay_names(model: torch.nn.Module) -> set[str]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on every trained parameter but those declared free of it."""
+    """SGD with momentum; weight decay on every trained parameter but those declared free of it;
+    the backbone at ``train.backbone_lr`` times the rate (its own groups only when it differs,
+    so a checkpoint's optimiser state keeps fitting)."""
     free = no_decay_names(model)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trained if n not in free]
-    no_decay = [p for n, p in trained if n in free]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    split = OmegaConf.select(cfg, "backbone_lr", default=1.0) != 1.0
+    groups = []
+    for in_backbone in (True, False) if split else (None,):
+        part = [
+            (n, p)
+            for n, p in trained
+            if in_backbone is None or n.startswith("backbone.") == in_backbone
+        ]
+        lr = cfg.lr * (cfg.backbone_lr if in_backbone else 1.0)
+        for decay in (True, False):
+            params = [p for n, p in part if (n not in free) == decay]
+            if params or (decay and not groups):
+                groups.append(
+                    {"params": params, "lr": lr, "weight_decay": cfg.weight_decay * decay}
+                )
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
@@ -183,6 +196,7 @@ class Run:
     sam: SharpnessAware | None = None  # train.sam
     sam_tail: torch.Tensor | None = None  # train.sam=imbsam: (K,) bool, the tail classes
     data_check: dict | None = None  # camlt.data.leaks' findings (file data)
+    finetune: FineTune | None = None  # model.finetune other than full: which weights train
     run_id: str | None = None  # the run directory's marker's: ties a checkpoint to its run
 
     @property
@@ -228,11 +242,14 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory)
     model = distributed.sync_batchnorm(model, dist, cfg.train.sync_bn, device)
+    tuning = fine_tuning(cfg, model, dist)
     train_loader, test_loader = data.train, data.test
     optimizer = build_optimizer(model, cfg.train)
     for group in optimizer.param_groups:  # train.lr_scaling (distributed.effective_lr)
         group["lr"] *= distributed.effective_lr(cfg.train) / cfg.train.lr
     dtype = amp_dtype(cfg.train.amp, device)
+    if tuning is not None:
+        tuning.set_epoch(0)
     ddp = distributed.wrap(model, dist, device)
     return Run(
         cfg=cfg,
@@ -254,11 +271,29 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         compiled=compile_for_training(ddp or model, cfg.train.compile),
         label_map=data.label_map,
         data_check=data.check,
+        finetune=tuning,
         mixer=build_mixer(cfg.train, counts),
         maxnorm=build_maxnorm(model.head, cfg.train.maxnorm, cfg.train.maxnorm_threshold),
         sam=build_sam(model, cfg.train, dtype),
         sam_tail=sam_tail(cfg.train, counts, device, dist.world),
     )
+
+
+def fine_tuning(
+    cfg: DictConfig, model: LongTailClassifier, dist: distributed.DistInfo
+) -> FineTune | None:
+    """model.finetune's part. The optimiser is built before it freezes anything (LP-FT's
+    backbone joins later), and it freezes before DDP wraps the model: DDP fixes which weights
+    train when it wraps them, so a change mid-run (LP-FT) is single-process."""
+    if cfg.model.finetune == "full":
+        return None
+    tuning = FineTune(model.backbone, cfg.model.finetune)
+    if tuning.changes and dist.distributed:
+        raise UsageError(
+            f"model.finetune={cfg.model.finetune} changes which weights train mid-run, which "
+            "DistributedDataParallel cannot follow: train it in one process"
+        )
+    return tuning
 
 
 def build_sam(
@@ -421,7 +456,7 @@ def train_step(
 def train_one_epoch(run: Run, epoch: int) -> dict:
     """One pass over the training loader; stops at once if the loss stops being finite."""
     run.model.train()
-    call_epoch_hooks(epoch, run.train_loader, run.criterion, run.model.head)
+    call_epoch_hooks(epoch, run.train_loader, run.criterion, run.model.head, run.finetune)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(
         run.train_loader,

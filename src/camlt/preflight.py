@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from camlt import finetune
 from camlt.config import ConfigError
 from camlt.data.augment import parse_augment
 from camlt.data.loaders import DATA_SETS, check_data_config
@@ -78,8 +79,17 @@ def check_names(cfg: DictConfig) -> None:
 
 
 def check_combinations(cfg: DictConfig) -> None:
-    """What a stage-2 method or MaxNorm needs of the rest of the run."""
+    """What a stage-2 method, fine-tuning or MaxNorm needs of the rest of the run."""
     method, train = cfg.stage2.method, cfg.train
+    try:
+        finetune.check(cfg.model.finetune)
+    except UsageError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.model.finetune != "full" and method != "none":
+        raise ConfigError(
+            f"model.finetune={cfg.model.finetune} with stage2.method={method}: stage 2 freezes "
+            "the backbone itself; leave model.finetune=full"
+        )
     if train.epochs < 1 and method not in TRAINS_NOTHING:
         raise ConfigError(
             f"train.epochs={train.epochs}: must be >= 1 (0 only for stage2.method="

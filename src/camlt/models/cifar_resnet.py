@@ -54,6 +54,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(in_planes, planes, 2 if i > 0 and b == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
+        self.blocks_per_stage = blocks
         self.out_channels = in_planes
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -61,6 +62,11 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(F.relu(self.bn1(self.conv1(x))))
+
+    def stages(self) -> list[nn.Module]:
+        """The three widths' groups of blocks (model.finetune=last:N)."""
+        n, blocks = self.blocks_per_stage, list(self.layers)
+        return [nn.Sequential(*blocks[i : i + n]) for i in range(0, len(blocks), n)]
 
 
 def _cifar(depth: int):

@@ -39,6 +39,20 @@ class TimmFeatures(nn.Module):
             self.pretrained_note = load_into(self.net, pretrained, f"timm/{name}")
         self.out_channels = self.net.num_features
 
+    def stages(self) -> list[nn.Module]:
+        """The network's stages (EfficientNet's blocks, a ResNet's layers; model.finetune)."""
+        if hasattr(self.net, "blocks"):
+            return list(self.net.blocks)
+        layers = [getattr(self.net, f"layer{i}", None) for i in range(1, 5)]
+        if not all(layers):
+            raise UsageError(f"{type(self.net).__name__}: camlt does not know its stages")
+        return layers
+
+    def after_stages(self) -> list[nn.Module]:
+        """What follows the last stage (EfficientNet's conv_head and bn2): trains with it."""
+        after = (getattr(self.net, "conv_head", None), getattr(self.net, "bn2", None))
+        return [m for m in after if m is not None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.net.forward_features(x)
         if features.dim() != 4:

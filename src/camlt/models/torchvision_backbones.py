@@ -46,6 +46,10 @@ class TorchvisionFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
+    def stages(self) -> list[nn.Module]:
+        """layer1 .. layer4 (model.finetune=last:N)."""
+        return list(self.body)[4:]
+
 
 for _name in TORCHVISION_NAMES:
     register_backbone(_name)(lambda name=_name, **kw: TorchvisionFeatures(name, **kw))
