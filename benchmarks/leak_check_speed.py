@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from table import RESULTS, machine
+from table import RESULTS, machine, publish
 
-from camlt.checkpoint import atomic_write_json, atomic_write_text
 from camlt.data.leaks import SAMPLE_BYTES, check_splits
 from camlt.data.splitfile import SplitList
 
@@ -106,9 +105,9 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "leak_check_speed" if args.scale == 1.0 else f"leak_check_speed_{args.scale:g}"
-    atomic_write_json(RESULTS / f"{stem}.json", results)
-    atomic_write_text(
-        RESULTS / f"{stem}.md",
+    publish(
+        stem,
+        results,
         "# The leak check on ImageNet-LT's split sizes\n\n"
         f"{paths:,} paths ({', '.join(f'{k} {v:,}' for k, v in results['splits'].items())}), "
         f"JPEG-like sizes: {results['check_s']} s for camlt.data.leaks.check_splits, which read a "
