@@ -18,6 +18,7 @@ import statistics
 
 import clutter
 import recipes
+import subsets
 from table import RESULTS, load, publish, rarest1
 
 # (table, row A, row B): A minus B; "a+b" reads the rows from both tables
@@ -52,6 +53,13 @@ PAIRS = [
     *(("clutter", camc, twin) for camc, twin in clutter.TWINS),
     ("clutter", clutter.NORMALIZED, clutter.CE),
 ]
+# A minus B on every long-tailed subset (split seed = training seed; subset 0 is seed 0 of the
+# main tables): a row beats another only if it does on every subset (issue 33)
+SUBSET_PAIRS = [
+    ("hard: normalized s=16 + balanced softmax", "hard: CE + linear"),
+    ("hard: CE + normalized s=16", "hard: CE + linear"),
+    ("hard: CAMC + balanced softmax", "hard: normalized s=16 + balanced softmax"),
+]
 COLUMNS = {
     "overall": lambda e: e["metrics"]["overall"],
     "tail": lambda e: e["metrics"]["tail"],
@@ -77,6 +85,39 @@ def compare(table: str, a: str, b: str) -> dict:
     return {"table": table, "a": a, "b": b, "seeds": seeds, "diffs": diffs}
 
 
+def compare_subsets(a: str, b: str) -> dict:
+    """A - B (in points) on each subset both rows have run on."""
+    main = {
+        k: e
+        for name in ("ablation", "baselines")
+        for k, e in load(RESULTS / f"{name}.json").items()
+    }
+    other = load(RESULTS / "subsets.json")
+    runs = {0: (by_seed(main, a).get(0), by_seed(main, b).get(0))}
+    for k in subsets.SPLITS:
+        runs[k] = (
+            by_seed(other, subsets.subset_row(a, k)).get(k),
+            by_seed(other, subsets.subset_row(b, k)).get(k),
+        )
+    kept = [k for k, (ra, rb) in runs.items() if ra and rb]
+    diffs = {
+        col: [round(100 * (fn(runs[k][0]) - fn(runs[k][1])), 2) for k in kept]
+        for col, fn in COLUMNS.items()
+    }
+    return {"kind": "subsets", "a": a, "b": b, "subsets": kept, "diffs": diffs}
+
+
+def holds(values: list[float]) -> str:
+    """Whether A is ahead (or behind) on every subset run so far."""
+    if len(values) < 2:
+        return "one subset"
+    if all(v > 0 for v in values):
+        return "ahead on every subset"
+    if all(v < 0 for v in values):
+        return "behind on every subset"
+    return "no: the sign changes"
+
+
 def cell(values: list[float]) -> str:
     """mean (per-seed values); the sign agreement is what to read."""
     if not values:
@@ -93,9 +134,23 @@ def render(pairs: list[dict]) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for p in pairs:
+    for p in [p for p in pairs if p.get("kind") != "subsets"]:
         cells = [f"{p['a']} minus {p['b']}", ",".join(map(str, p["seeds"])) or "not run yet"]
         cells += [cell(p["diffs"][col]) for col in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    header = ["A minus B", "subsets", *COLUMNS, "overall, every subset"]
+    lines += [
+        "",
+        "**Paired differences, subset by subset** (points; mean, then each subset's difference; "
+        "subset k: data.split_seed=k and train.seed=k, subset 0 from the tables above)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for p in [p for p in pairs if p.get("kind") == "subsets"]:
+        cells = [f"{p['a']} minus {p['b']}", ",".join(map(str, p["subsets"]))]
+        cells += [cell(p["diffs"][col]) for col in COLUMNS]
+        cells.append(holds(p["diffs"]["overall"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -113,7 +168,7 @@ def main() -> None:
     if args.render_only:
         pairs = json.loads((RESULTS / "paired.json").read_text())
     else:
-        pairs = [compare(*p) for p in PAIRS]
+        pairs = [compare(*p) for p in PAIRS] + [compare_subsets(*p) for p in SUBSET_PAIRS]
     text = render(pairs)
     publish("paired", pairs, text)
     print(text)

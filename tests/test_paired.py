@@ -37,3 +37,24 @@ def test_a_pair_may_take_its_rows_from_two_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(paired, "RESULTS", tmp_path)
     assert paired.compare("t+u", "A", "B")["diffs"]["overall"] == [5.0]
     assert paired.compare("t", "A", "B")["seeds"] == []
+
+
+def test_a_difference_holds_only_if_it_does_on_every_subset(tmp_path, monkeypatch):
+    main = {"A/seed0": _entry("A", 0, 0.80, 0.3), "B/seed0": _entry("B", 0, 0.78, 0.1)}
+    (tmp_path / "ablation.json").write_text(json.dumps(main))
+    (tmp_path / "baselines.json").write_text("{}")
+    other = {
+        "A, subset 1/seed1": _entry("A, subset 1", 1, 0.81, 0.3),
+        "B, subset 1/seed1": _entry("B, subset 1", 1, 0.79, 0.1),
+        "A, subset 2/seed2": _entry("A, subset 2", 2, 0.76, 0.3),
+        "B, subset 2/seed2": _entry("B, subset 2", 2, 0.77, 0.1),
+    }
+    (tmp_path / "subsets.json").write_text(json.dumps(other))
+    monkeypatch.setattr(paired, "RESULTS", tmp_path)
+    pair = paired.compare_subsets("A", "B")
+    assert pair["subsets"] == [0, 1, 2] and pair["diffs"]["overall"] == [2.0, 2.0, -1.0]
+    assert paired.holds(pair["diffs"]["overall"]) == "no: the sign changes"
+    assert (
+        paired.holds([2.0, 2.0]) == "ahead on every subset" and paired.holds([1.0]) == "one subset"
+    )
+    assert "| A minus B | 0,1,2 |" in paired.render([pair])
