@@ -1,8 +1,11 @@
-"""The training loop: build a run from its config, train epoch by epoch, checkpoint, resume, evaluate.
+"""The training loop: build a run from its config, then the step and the epoch, evaluated as it goes.
 
-One plain loop (after torchvision's reference ``train.py``): the method lives in the head, the
-re-weighting in the loss, the class-aware sampling in the loader. Anything that changes with the
-epoch (DRW, progressive sampling) exposes ``set_epoch`` and is called at the start of each epoch.
+One plain loop (after torchvision's reference ``train.py``): the method lives in the head (and
+its loss rule in ``HeadOutput.loss``), the re-weighting in the loss, the class-aware sampling in
+the loader. Anything that changes with the epoch (DRW, progressive sampling, LP-FT) exposes
+``set_epoch`` and is called at the start of each epoch. The run's life on disk (directory,
+checkpoint, resume, RNG) is ``camlt.lifecycle``'s; opening a finished run to evaluate or use it is
+``camlt.trained``'s; what is refused before anything starts is ``camlt.preflight``'s.
 """
 
 from __future__ import annotations
