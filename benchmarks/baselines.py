@@ -25,11 +25,11 @@ BALANCED_SOFTMAX = "balanced softmax = logit adjustment loss (tau 1)"
 ROWS = [
     Row("ceiling: balanced, CE + linear", RECIPE, ["data.balanced=true", LINEAR], seeds=(0,)),
     Row(CE, RECIPE, [LINEAR]),
-    Row("focal (gamma 1)", RECIPE, [LINEAR, "loss.name=focal", "loss.focal_gamma=1"]),
+    Row("focal (gamma 1)", RECIPE, [LINEAR, "loss.name=focal", "loss.focal.gamma=1"]),
     Row(
         "class-balanced focal (beta 0.9999, gamma 1)",
         RECIPE,
-        [LINEAR, "loss.name=cb", "loss.cb_base=focal", "loss.cb_beta=0.9999", "loss.focal_gamma=1"],
+        [LINEAR, "loss.name=cb", "loss.cb.base=focal", "loss.cb.beta=0.9999", "loss.cb.gamma=1"],
     ),
     Row(
         "LDAM-DRW (normalized s=30, DRW from epoch 24)",

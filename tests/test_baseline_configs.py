@@ -31,7 +31,7 @@ def test_every_baseline_recipe_loads(path):
     if path.name.startswith("cifar"):
         assert cfg.data.name == path.name.split("_lt")[0] + "_lt" and cfg.data.imbalance == 100
     if "ldam_drw" in path.name:
-        assert cfg.loss.drw_epoch == 160 and cfg.loss.ldam_scale == cfg.model.scale == 30
+        assert cfg.loss.drw_epoch == 160 and cfg.loss.ldam.scale == cfg.model.scale == 30
 
 
 def test_every_row_of_the_baselines_table_loads():

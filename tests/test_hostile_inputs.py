@@ -296,7 +296,7 @@ def test_bad_values_name_their_key(override, message):
 def test_numeric_edge_values_are_taken_or_refused_by_key(value):
     from camlt.config import ConfigError
 
-    for key in ("train.lr", "train.seed", "data.imbalance", "train.mix_alpha", "loss.cb_beta"):
+    for key in ("train.lr", "train.seed", "data.imbalance", "train.mix_alpha", "loss.drw_beta"):
         try:
             cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml", [f"{key}={value!r}"])
         except ConfigError as err:

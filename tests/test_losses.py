@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from camlt.config import ConfigError, LossConfig
+from camlt.config import ConfigError, from_yaml_file, schema
 from camlt.losses import (
     LOSSES,
     build_loss,
@@ -14,6 +14,7 @@ from camlt.losses import (
     log_prior,
     posthoc_adjust,
 )
+from camlt.preflight import check_run
 from camlt.trained import evaluate_run
 
 Z = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
@@ -21,14 +22,21 @@ Y = [0, 2]
 COUNTS = [100, 10, 1]
 
 
-def loss_cfg(**values):
-    """A LossConfig with ldam_scale given (its default follows model.scale, absent here)."""
-    values.setdefault("ldam_scale", 1.0)
-    return OmegaConf.merge(OmegaConf.structured(LossConfig), values)
+COMMON = {"drw_epoch", "drw_beta", "posthoc_tau"}  # what applies to any loss
+
+
+def loss_cfg(name: str, **values):
+    """A loss section as the config holds it: the common keys, and the rest under the loss's
+    own name (``loss.focal.gamma``)."""
+    section = {"name": name, **{k: v for k, v in values.items() if k in COMMON}}
+    own = {k: v for k, v in values.items() if k not in COMMON}
+    if own:
+        section[name] = own
+    return OmegaConf.merge(schema().loss, section)
 
 
 def compute(name: str, counts=COUNTS, epoch: int | None = None, **values) -> float:
-    loss = build_loss(loss_cfg(name=name, **values), counts)
+    loss = build_loss(loss_cfg(name, **values), counts)
     if epoch is not None:
         loss.set_epoch(epoch)
     return loss(torch.tensor(Z), torch.tensor(Y)).item()
@@ -49,8 +57,8 @@ def test_focal_loss_by_hand():
     for row, t in zip(Z, Y, strict=True):
         ce = ce_by_hand(row, t)
         expected.append((1 - math.exp(-ce)) ** 2 * ce)
-    assert compute("focal", focal_gamma=2.0) == pytest.approx(sum(expected) / 2, rel=1e-5)
-    assert compute("focal", focal_gamma=0.0) == pytest.approx(compute("ce"), rel=1e-6)
+    assert compute("focal", gamma=2.0) == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert compute("focal", gamma=0.0) == pytest.approx(compute("ce"), rel=1e-6)
 
 
 def test_class_balanced_focal_by_hand():
@@ -61,10 +69,10 @@ def test_class_balanced_focal_by_hand():
     for row, t in zip(Z, Y, strict=True):
         ce = ce_by_hand(row, t)
         terms.append(w[t] * (1 - math.exp(-ce)) ** gamma * ce)
-    got = compute("cb", cb_beta=beta, focal_gamma=gamma, cb_base="focal")
+    got = compute("cb", beta=beta, gamma=gamma, base="focal")
     assert got == pytest.approx(sum(terms) / 2, rel=1e-5)  # mean(w_y * l), Cui et al.
     ce_terms = [w[t] * ce_by_hand(row, t) for row, t in zip(Z, Y, strict=True)]
-    assert compute("cb", cb_beta=beta, cb_base="ce") == pytest.approx(sum(ce_terms) / 2, rel=1e-5)
+    assert compute("cb", beta=beta, base="ce") == pytest.approx(sum(ce_terms) / 2, rel=1e-5)
 
 
 def test_effective_number_weights_limits():
@@ -82,14 +90,21 @@ def test_ldam_by_hand():
     for row, t in zip(Z, Y, strict=True):
         shift = [-scale * margins[t] if c == t else 0.0 for c in range(3)]
         expected.append(ce_by_hand(row, t, shift))
-    got = compute("ldam", ldam_scale=scale, ldam_max_margin=max_margin)
+    got = compute("ldam", scale=scale, max_margin=max_margin)
     assert got == pytest.approx(sum(expected) / 2, rel=1e-5)
-    assert compute("ldam", ldam_max_margin=0.0) == pytest.approx(compute("ce"), rel=1e-6)
+    assert compute("ldam", max_margin=0.0) == pytest.approx(compute("ce"), rel=1e-6)
 
 
-def test_ldam_scale_follows_the_normalized_heads_scale_by_default(tiny_cfg):
-    assert tiny_cfg("model.scale=30").loss.ldam_scale == 30.0
-    assert tiny_cfg("model.scale=30", "loss.ldam_scale=1").loss.ldam_scale == 1.0
+def checked(cfg):
+    check_run(cfg)  # what training does first: the loss's settings checked and completed
+    return cfg
+
+
+def test_ldam_scale_is_the_heads_own_by_default(tiny_cfg):
+    ldam = ("model.scale=30", "loss.name=ldam")
+    assert checked(tiny_cfg(*ldam)).loss.ldam == {"max_margin": 0.5, "scale": 30.0}
+    assert checked(tiny_cfg(*ldam, "model.head=linear")).loss.ldam.scale == 1.0  # not s
+    assert checked(tiny_cfg(*ldam, "loss.ldam.scale=1")).loss.ldam.scale == 1.0
 
 
 def test_deferred_reweighting_switches_on_at_its_epoch():
@@ -98,7 +113,7 @@ def test_deferred_reweighting_switches_on_at_its_epoch():
     w = [r * 3 / sum(raw) for r in raw]
     ce = [ce_by_hand(row, t) for row, t in zip(Z, Y, strict=True)]
     weighted = (w[0] * ce[0] + w[2] * ce[1]) / (w[0] + w[2])  # sum w l / sum w, Cao et al.
-    for name, extra in (("ce", {}), ("ldam", {"ldam_max_margin": 0.0})):
+    for name, extra in (("ce", {}), ("ldam", {"max_margin": 0.0})):
         before = compute(name, epoch=1, drw_epoch=2, drw_beta=beta, **extra)
         after = compute(name, epoch=2, drw_epoch=2, drw_beta=beta, **extra)
         assert before == pytest.approx(sum(ce) / 2, rel=1e-5)
@@ -110,15 +125,17 @@ def test_balanced_softmax_and_logit_adjustment_by_hand():
     for name, tau in (("balanced_softmax", 1.0), ("logit_adjust", 1.0), ("logit_adjust", 0.5)):
         shift = [tau * math.log(p) for p in prior]
         expected = sum(ce_by_hand(row, t, shift) for row, t in zip(Z, Y, strict=True)) / 2
-        assert compute(name, la_tau=tau) == pytest.approx(expected, rel=1e-5)
+        assert compute(name, **({"tau": tau} if name == "logit_adjust" else {})) == pytest.approx(
+            expected, rel=1e-5
+        )
 
 
 def test_balanced_softmax_is_the_logit_adjusted_loss_at_tau_one():
     """Why the baselines table has one row for both: the same loss, so the same training."""
     logits = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
     targets = torch.arange(16) % 5
-    balanced = build_loss(loss_cfg(name="balanced_softmax"), COUNTS + [5, 5])
-    adjusted = build_loss(loss_cfg(name="logit_adjust", la_tau=1.0), COUNTS + [5, 5])
+    balanced = build_loss(loss_cfg("balanced_softmax"), COUNTS + [5, 5])
+    adjusted = build_loss(loss_cfg("logit_adjust", tau=1.0), COUNTS + [5, 5])
     assert torch.equal(balanced(logits, targets), adjusted(logits, targets))
 
 
@@ -128,11 +145,11 @@ def test_prior_losses_equal_cross_entropy_for_a_uniform_prior(name):
         torch.randn(32, 5, generator=torch.Generator().manual_seed(0)),
         torch.arange(32) % 5,
     )
-    loss = build_loss(loss_cfg(name=name, la_tau=2.0), [7] * 5)
+    loss = build_loss(loss_cfg(name, **({"tau": 2.0} if name == "logit_adjust" else {})), [7] * 5)
     expected = torch.nn.functional.cross_entropy(logits, targets)
     assert torch.allclose(loss(logits, targets), expected, atol=1e-6)
     assert not torch.allclose(
-        build_loss(loss_cfg(name=name), COUNTS + [5, 5])(logits, targets), expected
+        build_loss(loss_cfg(name), COUNTS + [5, 5])(logits, targets), expected
     )
 
 
@@ -155,14 +172,31 @@ def test_unknown_loss_names_the_valid_ones():
     with pytest.raises(
         ValueError, match="loss.name='hinge'.*ce, focal, cb, ldam, balanced_softmax"
     ):
-        build_loss(loss_cfg(name="hinge"), COUNTS)
+        build_loss(loss_cfg("hinge"), COUNTS)
 
 
-def test_bad_loss_settings_are_refused(tiny_cfg):
-    with pytest.raises(ConfigError, match="loss.cb_base='l2'.*ce, focal"):
-        tiny_cfg("loss.cb_base=l2")
-    with pytest.raises(ConfigError, match="loss.cb_beta=1.0: must be in"):
-        tiny_cfg("loss.cb_beta=1.0")
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss.name=cb", "loss.cb.base=l2"], "loss.cb.base='l2': expected one of ce, focal"),
+        (["loss.name=cb", "loss.cb.beta=1.0"], r"loss.cb.beta=1.0: must be a number in \[0, 1\)"),
+        (["loss.name=cb", "loss.cb_beta=1.0"], r"loss.cb.beta=1.0"),  # the old flat key, mapped
+        (
+            ["loss.name=focal", "loss.focal.gama=2"],
+            "loss.focal.gama: not a setting of focal; expected gamma",
+        ),
+        (["loss.focal.gamma=-1"], "loss.focal.gamma=-1: must be a number >= 0"),  # any section
+        (["loss.hinge.margin=1"], "loss.hinge: not a loss setting"),
+        (["loss.focal=2"], "loss.focal=2: a section of settings"),
+        (["loss.name=ce", "loss.ce.x=1"], "loss.ce: not a loss setting"),
+    ],
+)
+def test_bad_loss_settings_are_refused_by_key(tiny_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_run(tiny_cfg(*overrides))
+
+
+def test_drw_epoch_is_checked_with_the_config(tiny_cfg):
     with pytest.raises(ConfigError, match="drw_epoch"):
         tiny_cfg("loss.drw_epoch=-1")
 
@@ -185,3 +219,60 @@ def test_posthoc_tau_changes_evaluation_only(tiny_cfg, tmp_path):
 def test_load_config_accepts_every_loss(tiny_cfg):
     for name in LOSSES:
         assert tiny_cfg(f"loss.name={name}").loss.name == name
+
+
+# The loss section as camlt wrote it before each loss held its settings under its name.
+FLAT = {
+    "focal_gamma": 2.0,
+    "cb_beta": 0.9999,
+    "cb_base": "focal",
+    "ldam_max_margin": 0.5,
+    "ldam_scale": 16.0,
+    "la_tau": 1.0,
+}
+
+
+def test_a_run_written_with_the_flat_loss_keys_still_opens_and_resumes(tiny_cfg, tmp_path):
+    """Its config.yaml and the config inside its checkpoint rewritten in the old form: eval
+    opens it, and train resumes it, reading its focal_gamma as loss.focal.gamma."""
+    import yaml
+
+    from camlt import engine
+    from camlt.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = tiny_cfg("loss.name=focal", "loss.focal.gamma=2", "train.epochs=1")
+    engine.train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+
+    def old_form(text: str) -> str:
+        tree = yaml.safe_load(text)
+        tree["loss"] = {k: v for k, v in tree["loss"].items() if k != "focal"} | FLAT
+        return yaml.safe_dump(tree)
+
+    (run / "config.yaml").write_text(old_form((run / "config.yaml").read_text()))
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"] = old_form(state["config"])
+    save_checkpoint(run / "checkpoint.pt", state)
+    before = evaluate_run(run, device="cpu")[0]["overall"]
+    assert engine.train(from_yaml_file(run / "config.yaml"), run, resume=True)["overall"] == before
+    assert from_yaml_file(run / "config.yaml").loss.focal == {"gamma": 2.0}
+
+
+def test_a_new_loss_is_a_class_an_entry_and_its_settings(tiny_cfg, monkeypatch):
+    """The recipe of docs/baselines.md, "Adding a loss": nothing outside losses.py changes."""
+    from dataclasses import dataclass
+
+    from camlt.losses import CrossEntropy
+
+    @dataclass
+    class MySettings:
+        t: float = 1.0
+
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))
+    monkeypatch.setattr(LOSSES, "_settings", dict(LOSSES._settings))
+    LOSSES.add("mine", lambda st, cfg, counts: CrossEntropy(), MySettings)
+    cfg = checked(tiny_cfg("loss.name=mine", "loss.mine.t=2"))
+    assert cfg.loss.mine == {"t": 2.0}
+    assert isinstance(build_loss(cfg.loss, COUNTS), CrossEntropy)
+    with pytest.raises(ConfigError, match="loss.mine.u: not a setting of mine; expected t"):
+        checked(tiny_cfg("loss.name=mine", "loss.mine.u=2"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import II, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from camlt.errors import UserError
@@ -117,16 +117,46 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # ce | focal | cb | ldam | balanced_softmax | logit_adjust (camlt.losses)
-    focal_gamma: float = 1.0  # focal loss exponent (also cb with cb_base=focal)
-    cb_beta: float = 0.9999  # class-balanced: effective-number beta
-    cb_base: str = "focal"  # class-balanced: the weighted base loss, ce | focal
-    ldam_max_margin: float = 0.5  # LDAM: the rarest class's margin, in cosine units
-    ldam_scale: float = II("model.scale")  # LDAM: logits per unit margin (1 for a linear head)
+    """The loss by name, and what applies to any loss. A loss's own settings sit under its name
+    (``loss.focal.gamma``, ``loss.cb.beta``): each loss declares them beside its class
+    (camlt.losses), and camlt.preflight checks them and fills their defaults."""
+
+    name: str = "ce"  # a registered loss: ce | focal | cb | ldam | balanced_softmax | logit_adjust
     drw_epoch: int | None = None  # deferred re-weighting from this 0-based epoch (None: off)
     drw_beta: float = 0.9999  # DRW: effective-number beta of the deferred weights
-    la_tau: float = 1.0  # logit adjustment loss: CE(z + la_tau * log prior)
     posthoc_tau: float = 0.0  # test time: z - posthoc_tau * log prior (0: off)
+
+
+# Loss settings once kept flat in LossConfig, now under the loss's name: old recipes, saved
+# configs and checkpoints read as they always did. focal_gamma served cb's focal base too.
+LEGACY_LOSS_KEYS = {
+    "focal_gamma": (("focal", "gamma"), ("cb", "gamma")),
+    "cb_beta": (("cb", "beta"),),
+    "cb_base": (("cb", "base"),),
+    "ldam_max_margin": (("ldam", "max_margin"),),
+    "ldam_scale": (("ldam", "scale"),),
+    "la_tau": (("logit_adjust", "tau"),),
+}
+
+
+def legacy_loss_keys(tree: Any) -> Any:
+    """A parsed recipe, override set or saved config with its flat loss keys moved under the
+    loss's name (only the named loss's, where the tree names it: a saved config holds every
+    flat key, and only its own loss's settings are part of the run)."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("loss"), dict):
+        return tree
+    loss = dict(tree["loss"])
+    name = loss.get("name")
+    for old, places in LEGACY_LOSS_KEYS.items():
+        if old not in loss:
+            continue
+        value = loss.pop(old)
+        for section, key in places:
+            if name is None or section == name:
+                loss.setdefault(section, {})
+                if isinstance(loss[section], dict):
+                    loss[section].setdefault(key, value)
+    return {**tree, "loss": loss}
 
 
 @dataclass
@@ -363,12 +393,20 @@ def _check_sections(tree: Any, schema: DictConfig, source: str, prefix: str = ""
         _check_sections(value, node, source, key + ".")
 
 
+def schema() -> DictConfig:
+    """The config's structure; ``loss`` is open below its own keys, for each loss's section."""
+    structure = OmegaConf.structured(Config)
+    OmegaConf.set_struct(structure.loss, False)
+    return structure
+
+
 def merge(base: dict, source: str) -> DictConfig:
     """Validate a nested dict against the schema."""
-    schema = OmegaConf.structured(Config)
-    _check_sections(base, schema, source)
+    base = legacy_loss_keys(base)
+    schema_ = schema()
+    _check_sections(base, schema_, source)
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.create(base))
+        merged = OmegaConf.merge(schema_, OmegaConf.create(base))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
     except (TypeError, ValueError, RecursionError) as err:  # e.g. a list where a section goes
@@ -442,8 +480,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     recipe = read_recipe(path)
     cfg = merge(recipe, str(path))
     if overrides:
-        parsed = parse_overrides(overrides)
-        _check_sections(parsed, OmegaConf.structured(Config), "command line")
+        parsed = legacy_loss_keys(parse_overrides(overrides))
+        _check_sections(parsed, schema(), "command line")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(parsed))
         except OmegaConfBaseException as err:
@@ -473,7 +511,6 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.compile": COMPILE_MODES,
     "train.device": ("auto", "cpu", "cuda"),
-    "loss.cb_base": ("ce", "focal"),
     "train.maxnorm": ("off", "step", "epoch"),
     "train.sam": ("off", "sam", "imbsam"),
 }
@@ -599,11 +636,8 @@ def _validate_baselines(cfg: DictConfig) -> None:
     loss, stage2 = cfg.loss, cfg.stage2
     if cfg.train.epochs < 0:  # 0 only where stage 2 trains nothing (camlt.preflight)
         raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 0")
-    for key in ("cb_beta", "drw_beta"):
-        if not 0 <= loss[key] < 1:
-            raise ConfigError(f"loss.{key}={loss[key]}: must be in [0, 1)")
-    if loss.focal_gamma < 0 or loss.ldam_max_margin < 0:
-        raise ConfigError("loss.focal_gamma and loss.ldam_max_margin must be >= 0")
+    if not 0 <= loss.drw_beta < 1:
+        raise ConfigError(f"loss.drw_beta={loss.drw_beta}: must be in [0, 1)")
     if loss.drw_epoch is not None and loss.drw_epoch < 0:
         raise ConfigError(f"loss.drw_epoch={loss.drw_epoch}: must be a 0-based epoch >= 0")
     if stage2.method != "none" and not cfg.model.init_from:

@@ -38,6 +38,7 @@ from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
 from camlt.errors import UsageError, UserError
 from camlt.finetune import FineTune
+from camlt.heads import logit_scale
 from camlt.heads.base import NoWeightDecay
 from camlt.lifecycle import (
     abandon_fresh_dir,
@@ -263,7 +264,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         test_set=test_set,
         train_loader=train_loader,
         test_loader=test_loader,
-        criterion=build_loss(cfg.loss, counts).to(device),
+        criterion=build_loss(cfg.loss, counts, logit_scale(cfg.model)).to(device),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from camlt.errors import UsageError
@@ -183,6 +183,65 @@ class LDAMLoss(WeightedLoss):
         return F.cross_entropy(logits - shift, targets, reduction="none")
 
 
+# ----------------------------------------------------------------------------- settings
+def _number(where: str, value: object, low: float, below: float | None = None) -> None:
+    """A setting that must be a number >= ``low`` (and < ``below``, where given)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and low <= value and (below is None or value < below)):
+        bound = f"in [{low:g}, {below:g})" if below is not None else f">= {low:g}"
+        raise UsageError(f"{where}={value!r}: must be a number {bound}")
+
+
+@dataclass
+class FocalSettings:
+    """``loss.focal``: the focal exponent (0 is CE)."""
+
+    gamma: float = 1.0
+
+    def check(self, section: str) -> None:
+        _number(f"{section}.gamma", self.gamma, 0)
+
+
+@dataclass
+class ClassBalancedSettings:
+    """``loss.cb``: the effective number's beta and the weighted base loss (ce, or focal with
+    its gamma)."""
+
+    beta: float = 0.9999
+    base: str = "focal"
+    gamma: float = 1.0
+
+    def check(self, section: str) -> None:
+        _number(f"{section}.beta", self.beta, 0, below=1)
+        _number(f"{section}.gamma", self.gamma, 0)
+        if self.base not in ("ce", "focal"):
+            raise UsageError(f"{section}.base={self.base!r}: expected one of ce, focal")
+
+
+@dataclass
+class LDAMSettings:
+    """``loss.ldam``: the rarest class's margin in cosine units, and the logits a unit of margin
+    is worth (None: the head's scale s for a normalized or CAMC head, 1 for a linear one)."""
+
+    max_margin: float = 0.5
+    scale: float | None = None
+
+    def check(self, section: str) -> None:
+        _number(f"{section}.max_margin", self.max_margin, 0)
+        if self.scale is not None:
+            _number(f"{section}.scale", self.scale, 0)
+
+
+@dataclass
+class LogitAdjustSettings:
+    """``loss.logit_adjust``: CE(z + tau log prior); tau 1 is balanced softmax."""
+
+    tau: float = 1.0
+
+    def check(self, section: str) -> None:
+        _number(f"{section}.tau", self.tau, 0)
+
+
 # ----------------------------------------------------------------------------- the registry
 def _drw(cfg: DictConfig, counts: Sequence[int]) -> dict:
     """Deferred re-weighting: effective-number weights from ``loss.drw_epoch``, if set."""
@@ -191,35 +250,59 @@ def _drw(cfg: DictConfig, counts: Sequence[int]) -> dict:
     return {"weights": effective_number_weights(counts, cfg.drw_beta), "start_epoch": cfg.drw_epoch}
 
 
-def _class_balanced(cfg: DictConfig, counts: Sequence[int]) -> WeightedLoss:
+def _class_balanced(
+    st: ClassBalancedSettings, cfg: DictConfig, counts: Sequence[int]
+) -> WeightedLoss:
     """Class-balanced loss: the base loss weighted by the effective number, from the start
     (or from ``loss.drw_epoch``, deferred)."""
-    weights = effective_number_weights(counts, cfg.cb_beta)
+    weights = effective_number_weights(counts, st.beta)
     kwargs = {"weights": weights, "start_epoch": cfg.drw_epoch or 0, "mean": "plain"}
-    if cfg.cb_base == "focal":
-        return FocalLoss(cfg.focal_gamma, **kwargs)
-    if cfg.cb_base == "ce":
-        return CrossEntropy(**kwargs)
-    raise UsageError(f"loss.cb_base='{cfg.cb_base}': unknown; expected one of ce, focal")
+    return FocalLoss(st.gamma, **kwargs) if st.base == "focal" else CrossEntropy(**kwargs)
 
 
-LossFactory = Callable[[DictConfig, Sequence[int]], nn.Module]
+# (its settings or None, the loss section, the class counts) -> the loss module
+LossFactory = Callable[[object, DictConfig, Sequence[int]], nn.Module]
 
 LOSSES: Registry[LossFactory] = Registry(
     "loss.name",
     {
-        "ce": lambda cfg, counts: CrossEntropy(**_drw(cfg, counts)),
-        "focal": lambda cfg, counts: FocalLoss(cfg.focal_gamma, **_drw(cfg, counts)),
+        "ce": lambda st, cfg, counts: CrossEntropy(**_drw(cfg, counts)),
+        "focal": lambda st, cfg, counts: FocalLoss(st.gamma, **_drw(cfg, counts)),
         "cb": _class_balanced,
-        "ldam": lambda cfg, counts: LDAMLoss(
-            counts, cfg.ldam_max_margin, cfg.ldam_scale, **_drw(cfg, counts)
+        "ldam": lambda st, cfg, counts: LDAMLoss(
+            counts, st.max_margin, st.scale, **_drw(cfg, counts)
         ),
-        "balanced_softmax": lambda cfg, counts: PriorShiftedCE(counts, 1.0, **_drw(cfg, counts)),
-        "logit_adjust": lambda cfg, counts: PriorShiftedCE(counts, cfg.la_tau, **_drw(cfg, counts)),
+        "balanced_softmax": lambda st, cfg, counts: PriorShiftedCE(
+            counts, 1.0, **_drw(cfg, counts)
+        ),
+        "logit_adjust": lambda st, cfg, counts: PriorShiftedCE(counts, st.tau, **_drw(cfg, counts)),
+    },
+    settings={
+        "focal": FocalSettings,
+        "cb": ClassBalancedSettings,
+        "ldam": LDAMSettings,
+        "logit_adjust": LogitAdjustSettings,
     },
 )
 
 
-def build_loss(loss_cfg: DictConfig, class_counts: Sequence[int]) -> nn.Module:
-    """The loss ``loss_cfg.name`` names; class counts serve the re-weighting losses."""
-    return LOSSES.factory(loss_cfg.name)(loss_cfg, class_counts)
+def loss_settings(loss_cfg: DictConfig, logit_scale: float = 1.0):
+    """The named loss's settings, checked, with what depends on the head filled in (LDAM's scale:
+    ``logit_scale``, the head's s for a normalized or CAMC head, 1 for a linear one)."""
+    given = loss_cfg.get(loss_cfg.name)
+    given = OmegaConf.to_container(given) if isinstance(given, DictConfig) else given
+    if given is not None and not isinstance(given, dict):
+        raise UsageError(f"loss.{loss_cfg.name}={given!r}: a section of settings, not a value")
+    settings = LOSSES.settings(loss_cfg.name, given)
+    if isinstance(settings, LDAMSettings) and settings.scale is None:
+        settings.scale = float(logit_scale)
+    return settings
+
+
+def build_loss(
+    loss_cfg: DictConfig, class_counts: Sequence[int], logit_scale: float = 1.0
+) -> nn.Module:
+    """The loss ``loss_cfg.name`` names, with its settings (``loss.<name>``); class counts
+    serve the re-weighting losses."""
+    factory = LOSSES.factory(loss_cfg.name)
+    return factory(loss_settings(loss_cfg, logit_scale), loss_cfg, class_counts)

@@ -9,18 +9,19 @@ read: a refused command leaves nothing on disk. A newly registered part is valid
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from camlt import finetune
-from camlt.config import ConfigError
+from camlt.config import ConfigError, LossConfig
 from camlt.data.augment import parse_augment
 from camlt.data.loaders import DATA_SETS, check_data_config
 from camlt.data.samplers import SAMPLERS
 from camlt.errors import UsageError
-from camlt.heads import HEADS, UNIT_NORM_HEADS
-from camlt.losses import LOSSES
+from camlt.heads import HEADS, UNIT_NORM_HEADS, logit_scale
+from camlt.losses import LOSSES, loss_settings
 from camlt.mixing import MIX_FUNCTIONS
 from camlt.models.registry import BACKBONES, list_backbones
 from camlt.registry import Registry
@@ -28,8 +29,10 @@ from camlt.stage2 import ADAPTERS, NO_CLASS_WEIGHTS, TRAINS_NOTHING
 
 
 def check_run(cfg: DictConfig) -> None:
-    """Every check a training run needs before it starts; raises ConfigError or DataError."""
+    """Every check a training run needs before it starts; raises ConfigError or DataError.
+    Fills the named loss's settings with their defaults, so the saved config holds them."""
     check_names(cfg)
+    check_loss(cfg)
     check_combinations(cfg)
     check_data_config(cfg)
     weights = cfg.model.pretrained
@@ -76,6 +79,32 @@ def check_names(cfg: DictConfig) -> None:
             f"model.backbone={backbone!r}: unknown; expected one of {', '.join(list_backbones())}"
         )
     parse_augment(cfg.data.augment)
+
+
+def check_loss(cfg: DictConfig) -> None:
+    """Each section under ``loss`` names a loss with settings and holds only its settings; the
+    named loss's section is completed with its defaults (and LDAM's scale with the head's)."""
+    common = [f.name for f in dataclasses.fields(LossConfig)]
+    sections = LOSSES.with_settings()
+    for key in [k for k in cfg.loss if k not in common]:
+        if key not in sections:
+            raise ConfigError(
+                f"loss.{key}: not a loss setting; expected {', '.join(common)}, or a loss's own "
+                f"section: {', '.join(f'loss.{s}.*' for s in sections)}"
+            )
+        value = cfg.loss[key]
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"loss.{key}={value!r}: a section of settings (loss.{key}.NAME=...)")
+        try:
+            LOSSES.settings(key, OmegaConf.to_container(value))
+        except UsageError as err:
+            raise ConfigError(str(err)) from None
+    try:
+        settings = loss_settings(cfg.loss, logit_scale(cfg.model))
+    except UsageError as err:
+        raise ConfigError(str(err)) from None
+    if settings is not None:
+        cfg.loss[cfg.loss.name] = dataclasses.asdict(settings)
 
 
 def check_combinations(cfg: DictConfig) -> None:

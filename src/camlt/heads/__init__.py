@@ -21,6 +21,7 @@ __all__ = [
     "NormalizedClassifier",
     "NormalizedHead",
     "build_head",
+    "logit_scale",
 ]
 
 HeadFactory = Callable[[int, int, DictConfig, Sequence[int]], nn.Module]
@@ -37,6 +38,12 @@ HEADS: Registry[HeadFactory] = Registry(
 
 # Heads whose class vectors are unit length in the forward: a norm bound (MaxNorm) changes nothing.
 UNIT_NORM_HEADS = ("normalized", "camc")
+
+
+def logit_scale(model_cfg: DictConfig) -> float:
+    """What a unit of cosine is worth in logits: the scale s of a unit-norm head, 1 for a linear
+    one (LDAM's margins are given in cosine units)."""
+    return float(model_cfg.scale) if model_cfg.head in UNIT_NORM_HEADS else 1.0
 
 
 def build_head(
