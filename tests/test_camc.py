@@ -354,3 +354,32 @@ def test_ablation_extra_columns_read_the_rarest_classes():
     entry = {"train_counts": [50, 3, 9, 7, 40], "metrics": {"per_class": [0.9, 0.1, 0.5, 0.3, 1]}}
     assert module.RAREST_COLUMNS["rarest"](entry) == 0.1
     assert module.RAREST_COLUMNS["3 rarest"](entry) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.camc.k=0", "model.camc.k=0: must be a whole number >= 1"),
+        ("model.camc.mu=1.0", r"model.camc.mu=1.0: must be in \[0, 1\)"),
+        ("model.camc.guide=top", "model.camc.guide='top': expected one of"),
+        ("model.camc.alpah=2", "model.camc.alpah: not a setting of camc; expected variant, alpha"),
+        ("model.cmac.alpha=2", "model.cmac: not a setting"),
+    ],
+)
+def test_the_heads_settings_are_checked_by_key_before_a_run(override, message):
+    from camlt.config import ConfigError
+    from camlt.preflight import check_run
+
+    with pytest.raises(ConfigError, match=message):
+        check_run(load_config(RECIPE, [override]))
+
+
+def test_only_the_chosen_heads_settings_are_part_of_the_run():
+    from camlt.preflight import check_run
+
+    camc = load_config(RECIPE, ["model.camc.alpha=2"])
+    check_run(camc)
+    assert camc.model.camc.alpha == 2.0 and camc.model.camc.k == 5  # completed with defaults
+    plain = load_config(RECIPE, ["model.head=normalized"])
+    check_run(plain)
+    assert "camc" not in plain.model  # a CAMC recipe turned plain: its section is left out

@@ -186,9 +186,9 @@ def test_unknown_loss_names_the_valid_ones():
             "loss.focal.gama: not a setting of focal; expected gamma",
         ),
         (["loss.focal.gamma=-1"], "loss.focal.gamma=-1: must be a number >= 0"),  # any section
-        (["loss.hinge.margin=1"], "loss.hinge: not a loss setting"),
+        (["loss.hinge.margin=1"], "loss.hinge: not a setting"),
         (["loss.focal=2"], "loss.focal=2: a section of settings"),
-        (["loss.name=ce", "loss.ce.x=1"], "loss.ce: not a loss setting"),
+        (["loss.name=ce", "loss.ce.x=1"], "loss.ce: not a setting"),
     ],
 )
 def test_bad_loss_settings_are_refused_by_key(tiny_cfg, overrides, message):

@@ -84,25 +84,11 @@ class DataConfig:
 
 
 @dataclass
-class CAMCConfig:
-    variant: str = "section2"  # section2 | class (docs/camc.md)
-    alpha: float = 1.0
-    tau: float = 0.1
-    k: int = 5
-    mu: float = 0.99
-    gamma: float = 0.5
-    guide: str = "predicted"  # predicted | target | balanced
-    calibrate: bool = True
-    keep_length: bool = False  # maps over the image's largest feature length, not each location's
-    use_cam: bool = True
-    use_corr: bool = True
-    lam: float = 1.0  # lambda of the class-specific design
-
-
-@dataclass
 class ModelConfig:
     backbone: str = "resnet32"
-    head: str = "normalized"  # linear | normalized | camc
+    head: str = (
+        "normalized"  # linear | normalized | camc; a head's settings under its name (model.camc)
+    )
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False
     pretrained: str | None = None  # weights file (timm, torchvision, efficientnet_pytorch) or hub
@@ -111,7 +97,6 @@ class ModelConfig:
     # camlt: each backbone's own (CIFAR ResNets: kaiming normal, fan_out) and torch's defaults;
     # fan_in: kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR code
     init: str = "camlt"
-    camc: CAMCConfig = field(default_factory=CAMCConfig)
     init_from: str | None = None  # a finished stage-1 run directory (with stage2.method)
 
 
@@ -142,8 +127,14 @@ LEGACY_LOSS_KEYS = {
 def legacy_loss_keys(tree: Any) -> Any:
     """A parsed recipe, override set or saved config with its flat loss keys moved under the
     loss's name (only the named loss's, where the tree names it: a saved config holds every
-    flat key, and only its own loss's settings are part of the run)."""
-    if not isinstance(tree, dict) or not isinstance(tree.get("loss"), dict):
+    flat key, and only its own loss's settings are part of the run). A saved config also held
+    ``model.camc`` whatever the head: only a CAMC head's is kept."""
+    if not isinstance(tree, dict):
+        return tree
+    model = tree.get("model")
+    if isinstance(model, dict) and model.get("head") not in (None, "camc") and "camc" in model:
+        tree = {**tree, "model": {k: v for k, v in model.items() if k != "camc"}}
+    if not isinstance(tree.get("loss"), dict):
         return tree
     loss = dict(tree["loss"])
     name = loss.get("name")
@@ -393,10 +384,16 @@ def _check_sections(tree: Any, schema: DictConfig, source: str, prefix: str = ""
         _check_sections(value, node, source, key + ".")
 
 
+# The sections that hold parts' own settings under the part's name (loss.focal, model.camc):
+# open below their own keys; camlt.preflight checks each part's section against its registry.
+OPEN_SECTIONS = ("loss", "model")
+
+
 def schema() -> DictConfig:
-    """The config's structure; ``loss`` is open below its own keys, for each loss's section."""
+    """The config's structure, its open sections open."""
     structure = OmegaConf.structured(Config)
-    OmegaConf.set_struct(structure.loss, False)
+    for name in OPEN_SECTIONS:
+        OmegaConf.set_struct(structure[name], False)
     return structure
 
 
@@ -503,8 +500,6 @@ _CHOICES = {
     "data.bad_images": ("error", "skip"),
     "data.leaks": ("error", "warn", "off"),
     "train.lr_scaling": ("none", "linear"),
-    "model.camc.variant": ("section2", "class"),
-    "model.camc.guide": ("predicted", "target", "balanced"),
     "train.schedule": ("multistep", "cosine"),
     "train.warmup": ("step", "epoch"),
     "model.init": ("camlt", "fan_in"),
@@ -552,8 +547,6 @@ def validate(cfg: DictConfig) -> None:
         "train.batch_size": cfg.train.batch_size,
         "train.eval_every": cfg.train.eval_every,
         "model.scale": cfg.model.scale,
-        "model.camc.k": cfg.model.camc.k,
-        "model.camc.tau": cfg.model.camc.tau,
         "data.max_pixels": cfg.data.max_pixels,
         "train.backbone_lr": cfg.train.backbone_lr,
     }
@@ -566,8 +559,6 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value}: must be positive")
-    if not 0 <= cfg.model.camc.mu < 1:
-        raise ConfigError(f"model.camc.mu={cfg.model.camc.mu}: must be in [0, 1)")
     if cfg.train.warmup_epochs < 0 or cfg.train.lr <= 0:
         raise ConfigError("train.warmup_epochs must be >= 0 and train.lr > 0")
     for key in ("train.seed", "data.split_seed"):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from camlt import finetune
-from camlt.config import ConfigError, LossConfig
+from camlt.config import ConfigError, LossConfig, ModelConfig
 from camlt.data.augment import parse_augment
 from camlt.data.loaders import DATA_SETS, check_data_config
 from camlt.data.samplers import SAMPLERS
@@ -32,7 +33,7 @@ def check_run(cfg: DictConfig) -> None:
     """Every check a training run needs before it starts; raises ConfigError or DataError.
     Fills the named loss's settings with their defaults, so the saved config holds them."""
     check_names(cfg)
-    check_loss(cfg)
+    check_settings(cfg)
     check_combinations(cfg)
     check_data_config(cfg)
     weights = cfg.model.pretrained
@@ -81,30 +82,57 @@ def check_names(cfg: DictConfig) -> None:
     parse_augment(cfg.data.augment)
 
 
-def check_loss(cfg: DictConfig) -> None:
-    """Each section under ``loss`` names a loss with settings and holds only its settings; the
-    named loss's section is completed with its defaults (and LDAM's scale with the head's)."""
-    common = [f.name for f in dataclasses.fields(LossConfig)]
-    sections = LOSSES.with_settings()
-    for key in [k for k in cfg.loss if k not in common]:
-        if key not in sections:
+def check_sections(
+    node: DictConfig, name: str, common: list[str], registry: Registry, fill: Any = None
+) -> None:
+    """A section that holds parts' own settings under their names (``loss``, ``model``): every
+    other key names a part with settings and holds only its settings; the chosen part's
+    (``name``) is completed with its defaults (``fill``, where given), the others left out."""
+    section = registry.key.rsplit(".", 1)[0]
+    parts = registry.with_settings()
+    for key in [k for k in node if k not in common]:
+        if key not in parts:
             raise ConfigError(
-                f"loss.{key}: not a loss setting; expected {', '.join(common)}, or a loss's own "
-                f"section: {', '.join(f'loss.{s}.*' for s in sections)}"
+                f"{section}.{key}: not a setting; expected {', '.join(common)}, or a part's own "
+                f"section: {', '.join(f'{section}.{p}.*' for p in parts)}"
             )
-        value = cfg.loss[key]
+        value = node[key]
         if not isinstance(value, DictConfig):
-            raise ConfigError(f"loss.{key}={value!r}: a section of settings (loss.{key}.NAME=...)")
+            raise ConfigError(
+                f"{section}.{key}={value!r}: a section of settings ({section}.{key}.NAME=...)"
+            )
         try:
-            LOSSES.settings(key, OmegaConf.to_container(value))
+            registry.settings(key, OmegaConf.to_container(value))
         except UsageError as err:
             raise ConfigError(str(err)) from None
+        if key != name:
+            del node[key]  # validated, but not part of this run
     try:
-        settings = loss_settings(cfg.loss, logit_scale(cfg.model))
+        settings = fill() if fill else registry.settings(name, _own(node, name))
     except UsageError as err:
         raise ConfigError(str(err)) from None
     if settings is not None:
-        cfg.loss[cfg.loss.name] = dataclasses.asdict(settings)
+        node[name] = dataclasses.asdict(settings)
+
+
+def _own(node: DictConfig, name: str) -> dict | None:
+    value = node.get(name)
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else None
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The loss's and the head's own settings (camlt.losses, camlt.heads), checked and completed
+    (LDAM's scale with the head's)."""
+    loss_common = [f.name for f in dataclasses.fields(LossConfig)]
+    check_sections(
+        cfg.loss,
+        cfg.loss.name,
+        loss_common,
+        LOSSES,
+        lambda: loss_settings(cfg.loss, logit_scale(cfg.model)),
+    )
+    model_common = [f.name for f in dataclasses.fields(ModelConfig)]
+    check_sections(cfg.model, cfg.model.head, model_common, HEADS)
 
 
 def check_combinations(cfg: DictConfig) -> None:

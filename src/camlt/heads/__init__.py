@@ -8,13 +8,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from camlt.heads.base import HeadOutput
-from camlt.heads.camc import CAMCHead
+from camlt.heads.camc import CAMCHead, CAMCSettings
 from camlt.heads.linear import LinearHead
 from camlt.heads.normalized import NormalizedClassifier, NormalizedHead
 from camlt.registry import Registry
 
 __all__ = [
     "CAMCHead",
+    "CAMCSettings",
     "HEADS",
     "HeadOutput",
     "LinearHead",
@@ -33,6 +34,7 @@ HEADS: Registry[HeadFactory] = Registry(
         "normalized": lambda c, k, m, counts: NormalizedHead(c, k, m.scale, m.learn_scale),
         "camc": CAMCHead.from_config,
     },
+    settings={"camc": CAMCSettings},  # under model.camc
 )
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from camlt.errors import UsageError
@@ -25,6 +26,44 @@ VARIANTS = ("section2", "class")
 GUIDES = ("predicted", "target", "balanced")
 # variant=class reinforces every class when K is at most this, else only the k guide classes.
 CLASS_VARIANT_ALL_K = 64
+
+
+@dataclass
+class CAMCSettings:
+    """``model.camc``: the head's own settings, with the design's starting values (docs/camc.md)."""
+
+    variant: str = "section2"  # section2 | class
+    alpha: float = 1.0  # strength of the reinforcement, step 6
+    tau: float = 0.1  # temperature of the importance softmax, step 5
+    k: int = 5  # guide classes, step 2
+    mu: float = 0.99  # prototype momentum, step 7
+    gamma: float = 0.5  # weight of the auxiliary loss CE(z0, y), step 8
+    guide: str = "predicted"  # predicted | target | balanced
+    calibrate: bool = True  # cosine CAM (step 3); false: raw <F_u, w_c>
+    keep_length: bool = False  # maps over the image's largest feature length, not each location's
+    use_cam: bool = True
+    use_corr: bool = True
+    lam: float = 1.0  # lambda of the class-specific design
+
+    def check(self, section: str = "model.camc") -> None:
+        """Refuse values the head cannot run with, naming the key (the one place they are checked)."""
+        if self.variant not in VARIANTS:
+            raise UsageError(
+                f"{section}.variant={self.variant!r}: expected one of {', '.join(VARIANTS)}"
+            )
+        if self.guide not in GUIDES:
+            raise UsageError(f"{section}.guide={self.guide!r}: expected one of {', '.join(GUIDES)}")
+        if not (isinstance(self.tau, int | float) and self.tau > 0 and math.isfinite(self.tau)):
+            raise UsageError(f"{section}.tau={self.tau}: must be a positive number")
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise UsageError(f"{section}.k={self.k}: must be a whole number >= 1")
+        if not (isinstance(self.mu, int | float) and 0 <= self.mu < 1):
+            raise UsageError(f"{section}.mu={self.mu}: must be in [0, 1)")
+        if not (self.use_cam or self.use_corr):
+            raise UsageError(
+                f"{section}.use_cam and {section}.use_corr are both false: the importance map "
+                "needs at least one; for the plain head use model.head=normalized (or alpha=0)"
+            )
 
 
 class CAMCHead(nn.Module):
@@ -76,28 +115,30 @@ class CAMCHead(nn.Module):
         scale: float = 16.0,
         learn_scale: bool = False,
         *,
-        variant: str = "section2",
-        alpha: float = 1.0,
-        tau: float = 0.1,
-        k: int = 5,
-        mu: float = 0.99,
-        gamma: float = 0.5,
-        guide: str = "predicted",
-        calibrate: bool = True,
-        keep_length: bool = False,
-        use_cam: bool = True,
-        use_corr: bool = True,
-        lam: float = 1.0,
         class_counts: Sequence[int] | None = None,
+        **options,
     ) -> None:
+        """``options``: any of ``CAMCSettings``' fields (their defaults are the design's)."""
         super().__init__()
-        _check_options(variant, guide, tau, k, mu, use_cam, use_corr, num_classes, class_counts)
+        settings = CAMCSettings(**options)
+        settings.check()
+        if settings.guide == "balanced" and class_counts is None:
+            raise UsageError("model.camc.guide=balanced needs the training class counts")
+        if class_counts is not None and len(class_counts) != num_classes:
+            raise UsageError(
+                f"class_counts has {len(class_counts)} entries for {num_classes} classes"
+            )
         self.classifier = NormalizedClassifier(in_features, num_classes, scale, learn_scale)
-        self.variant, self.guide, self.calibrate = variant, guide, calibrate
-        self.keep_length = keep_length
-        self.use_cam, self.use_corr = use_cam, use_corr
-        self.alpha, self.tau, self.mu, self.gamma, self.lam = alpha, tau, mu, gamma, lam
-        self.k = min(k, num_classes)
+        self.variant, self.guide, self.calibrate = (
+            settings.variant,
+            settings.guide,
+            settings.calibrate,
+        )
+        self.keep_length = settings.keep_length
+        self.use_cam, self.use_corr = settings.use_cam, settings.use_corr
+        self.alpha, self.tau, self.mu = settings.alpha, settings.tau, settings.mu
+        self.gamma, self.lam = settings.gamma, settings.lam
+        self.k = min(settings.k, num_classes)
         # P: unit class prototypes, copied from Ŵ at the first training step; both are saved.
         self.register_buffer("P", torch.zeros(num_classes, in_features))
         self.register_buffer("P_ready", torch.tensor(False))
@@ -116,25 +157,17 @@ class CAMCHead(nn.Module):
         class_counts: Sequence[int] | None,
     ) -> CAMCHead:
         """The head of ``model.head=camc``: ``model.scale``/``learn_scale`` and ``model.camc.*``."""
-        c = model_cfg.camc
+        given = model_cfg.get("camc")
+        options = (
+            OmegaConf.to_container(given) if isinstance(given, DictConfig) else dict(given or {})
+        )
         return cls(
             in_features,
             num_classes,
             model_cfg.scale,
             model_cfg.learn_scale,
-            variant=c.variant,
-            alpha=c.alpha,
-            tau=c.tau,
-            k=c.k,
-            mu=c.mu,
-            gamma=c.gamma,
-            guide=c.guide,
-            calibrate=c.calibrate,
-            keep_length=c.keep_length,
-            use_cam=c.use_cam,
-            use_corr=c.use_corr,
-            lam=c.lam,
             class_counts=class_counts,
+            **options,
         )
 
     def extra_repr(self) -> str:
@@ -369,26 +402,3 @@ def _location_norms(F_u: torch.Tensor) -> torch.Tensor:
 def _cos(f: torch.Tensor, W_hat: torch.Tensor) -> torch.Tensor:
     """cos(W, f): each feature row against each unit class weight."""
     return nnf.normalize(f, dim=1) @ W_hat.t()
-
-
-def _check_options(variant, guide, tau, k, mu, use_cam, use_corr, num_classes, counts) -> None:
-    """Refuse option values the head cannot run with, naming the config key."""
-    if variant not in VARIANTS:
-        raise UsageError(f"model.camc.variant={variant!r}: expected one of {', '.join(VARIANTS)}")
-    if guide not in GUIDES:
-        raise UsageError(f"model.camc.guide={guide!r}: expected one of {', '.join(GUIDES)}")
-    if not (tau > 0 and math.isfinite(tau)):
-        raise UsageError(f"model.camc.tau={tau}: must be a positive number")
-    if k < 1:
-        raise UsageError(f"model.camc.k={k}: must be >= 1")
-    if not 0 <= mu < 1:
-        raise UsageError(f"model.camc.mu={mu}: must be in [0, 1)")
-    if not (use_cam or use_corr):
-        raise UsageError(
-            "model.camc.use_cam and model.camc.use_corr are both false: the importance map "
-            "needs at least one; for the plain head use model.head=normalized (or alpha=0)"
-        )
-    if guide == "balanced" and counts is None:
-        raise UsageError("model.camc.guide=balanced needs the training class counts")
-    if counts is not None and len(counts) != num_classes:
-        raise UsageError(f"class_counts has {len(counts)} entries for {num_classes} classes")
