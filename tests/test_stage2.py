@@ -82,18 +82,20 @@ def test_crt_uses_class_balanced_sampling_and_trains_only_the_head(stage1, tmp_p
 
 def test_taunorm_with_tau_zero_is_the_original_classifier(stage1, tmp_path):
     _, s1_dir, s1_metrics = stage1
-    metrics = engine.train(stage2_cfg(stage1, tmp_path, "taunorm", "stage2.tau=0"), tmp_path / "s2")
+    metrics = engine.train(
+        stage2_cfg(stage1, tmp_path, "taunorm", "stage2.taunorm.tau=0"), tmp_path / "s2"
+    )
     assert metrics["per_class"] == s1_metrics["per_class"]
     assert metrics["ece"] == pytest.approx(s1_metrics["ece"], abs=1e-6)
     assert metrics["stage2"] == {
         "method": "taunorm",
         "tau": 0.0,
-        "tau_chosen_on": "fixed (stage2.tau)",
+        "tau_chosen_on": "fixed (stage2.taunorm.tau)",
     }
 
 
 def test_taunorm_divides_each_weight_row_by_its_norm_to_the_tau(stage1, tmp_path):
-    cfg = stage2_cfg(stage1, tmp_path, "taunorm", "stage2.tau=0.5")
+    cfg = stage2_cfg(stage1, tmp_path, "taunorm", "stage2.taunorm.tau=0.5")
     run = engine.build_run(cfg, tmp_path / "s2")
     load_stage1(run)
     w = weights(stage1[1])["head.classifier.weight"]
@@ -104,7 +106,7 @@ def test_taunorm_divides_each_weight_row_by_its_norm_to_the_tau(stage1, tmp_path
 
 
 def test_taunorm_sweep_is_reported_as_chosen_on_test(stage1, tmp_path):
-    cfg = stage2_cfg(stage1, tmp_path, "taunorm", "stage2.tau_sweep=[0,0.5,1]")
+    cfg = stage2_cfg(stage1, tmp_path, "taunorm", "stage2.taunorm.tau_sweep=[0,0.5,1]")
     metrics = engine.train(cfg, tmp_path / "s2")
     info = metrics["stage2"]
     assert info["tau_chosen_on"] == "test" and info["tau"] in (0.0, 0.5, 1.0)
@@ -187,3 +189,17 @@ def test_stage2_config_errors_name_the_valid_choices(stage1, tmp_path):
         load_config(ROOT / "configs" / "fmnist_lt.yaml", ["model.init_from=x"])
     with pytest.raises(ConfigError, match="train.epochs=0: must be >= 1"):
         check_run(stage2_cfg(stage1, tmp_path, "crt", "train.epochs=0"))
+
+
+def test_tau_norm_settings_sit_under_its_name_and_the_old_flat_ones_still_read():
+    from camlt.config import merge
+    from camlt.preflight import check_sections
+    from camlt.stage2 import ADAPTERS
+
+    old = merge({"stage2": {"method": "taunorm", "tau": 0.5, "tau_sweep": []}}, "old config")
+    assert old.stage2.taunorm == {"tau": 0.5, "tau_sweep": []} and "tau" not in old.stage2
+    crt = merge({"stage2": {"method": "crt", "tau": 1.0, "tau_sweep": []}}, "old config")
+    assert "taunorm" not in crt.stage2  # a saved crt config held tau-norm's keys too
+    new = merge({"stage2": {"method": "taunorm", "taunorm": {"tau": -1}}}, "recipe")
+    with pytest.raises(ConfigError, match="stage2.taunorm: tau=-1: must be a number >= 0"):
+        check_sections(new.stage2, "taunorm", ["method"], ADAPTERS)

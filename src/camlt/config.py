@@ -128,12 +128,20 @@ def legacy_loss_keys(tree: Any) -> Any:
     """A parsed recipe, override set or saved config with its flat loss keys moved under the
     loss's name (only the named loss's, where the tree names it: a saved config holds every
     flat key, and only its own loss's settings are part of the run). A saved config also held
-    ``model.camc`` whatever the head: only a CAMC head's is kept."""
+    ``model.camc`` whatever the head (only a CAMC head's is kept), and tau-norm's tau flat
+    under ``stage2``."""
     if not isinstance(tree, dict):
         return tree
     model = tree.get("model")
     if isinstance(model, dict) and model.get("head") not in (None, "camc") and "camc" in model:
         tree = {**tree, "model": {k: v for k, v in model.items() if k != "camc"}}
+    stage2 = tree.get("stage2")
+    if isinstance(stage2, dict) and ("tau" in stage2 or "tau_sweep" in stage2):  # tau-norm's
+        flat = {k: stage2[k] for k in ("tau", "tau_sweep") if k in stage2}
+        kept = {k: v for k, v in stage2.items() if k not in flat}
+        if stage2.get("method") in (None, "taunorm"):
+            kept["taunorm"] = {**flat, **(kept.get("taunorm") or {})}
+        tree = {**tree, "stage2": kept}
     if not isinstance(tree.get("loss"), dict):
         return tree
     loss = dict(tree["loss"])
@@ -211,9 +219,7 @@ class TrainConfig:
 class Stage2Config:
     """Decoupled stage 2 on a frozen stage-1 backbone (camlt.stage2); needs model.init_from."""
 
-    method: str = "none"  # none | crt | taunorm | lws | posthoc | wb
-    tau: float = 1.0  # tau-normalisation exponent w_k / ||w_k||^tau (when tau_sweep is empty)
-    tau_sweep: list[float] = field(default_factory=list)  # taus tried on the TEST split, reported
+    method: str = "none"  # none | crt | taunorm | lws | posthoc | wb; its settings under its name
 
 
 @dataclass
@@ -386,7 +392,7 @@ def _check_sections(tree: Any, schema: DictConfig, source: str, prefix: str = ""
 
 # The sections that hold parts' own settings under the part's name (loss.focal, model.camc):
 # open below their own keys; camlt.preflight checks each part's section against its registry.
-OPEN_SECTIONS = ("loss", "model")
+OPEN_SECTIONS = ("loss", "model", "stage2")
 
 
 def schema() -> DictConfig:

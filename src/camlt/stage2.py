@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from camlt.checkpoint import CheckpointError, load_checkpoint, read_json
 from camlt.config import from_yaml_file
-from camlt.errors import UserError
+from camlt.errors import UsageError, UserError
 from camlt.heads import HeadOutput, LinearHead
 from camlt.metrics import evaluate_predictions
 from camlt.registry import Registry
@@ -81,7 +82,7 @@ class TauNormHead(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         self.register_buffer("tau", torch.tensor(float(tau)))
-        # where a swept tau was chosen: 0 fixed (stage2.tau), 1 the val split, 2 the TEST split
+        # where a swept tau was chosen: 0 fixed (stage2.taunorm.tau), 1 the val split, 2 the TEST split
         self.register_buffer("chosen_on", torch.tensor(0))
         # rows (tau, overall accuracy there) of a sweep; sized by the config so checkpoints load
         self.register_buffer("sweep", torch.zeros(sweep_size, 2))
@@ -98,7 +99,7 @@ class TauNormHead(nn.Module):
 
     def describe(self) -> dict:
         """What the metrics must state: the tau used and where it was chosen."""
-        where = ("fixed (stage2.tau)", "val", "test")[int(self.chosen_on)]
+        where = ("fixed (stage2.taunorm.tau)", "val", "test")[int(self.chosen_on)]
         info: dict = {"method": "taunorm", "tau": float(self.tau), "tau_chosen_on": where}
         if len(self.sweep):
             info[f"tau_sweep_{where}_overall"] = {f"{t:g}": a for t, a in self.sweep.tolist()}
@@ -148,6 +149,28 @@ class FrozenHead(nn.Module):
         return self.base(fmap, targets)
 
 
+@dataclass
+class TauNormSettings:
+    """``stage2.taunorm``: the exponent tau, fixed, or the taus a sweep tries (on the val split,
+    else on the TEST split, reported as such)."""
+
+    tau: float = 1.0
+    tau_sweep: list[float] = field(default_factory=list)
+
+    def check(self, section: str) -> None:
+        for tau in [self.tau, *self.tau_sweep]:
+            if not (isinstance(tau, int | float) and not isinstance(tau, bool) and tau >= 0):
+                raise UsageError(f"{section}: tau={tau!r}: must be a number >= 0")
+
+
+def taunorm_settings(cfg: DictConfig) -> TauNormSettings:
+    """``stage2.taunorm`` of a config, its defaults filled in."""
+    given = cfg.stage2.get("taunorm")
+    return ADAPTERS.settings(
+        "taunorm", OmegaConf.to_container(given) if given is not None else None
+    )
+
+
 # How each method turns a freshly built model into its stage-2 form (the backbone is frozen for
 # all): crt trains the fresh head, wb the stage-1 head it keeps, the others wrap it.
 ADAPTERS: Registry[Callable[[nn.Module, DictConfig, int], nn.Module]] = Registry(
@@ -155,12 +178,13 @@ ADAPTERS: Registry[Callable[[nn.Module, DictConfig, int], nn.Module]] = Registry
     {
         "crt": lambda head, cfg, k: head,
         "taunorm": lambda head, cfg, k: TauNormHead(
-            head, cfg.stage2.tau, len(cfg.stage2.tau_sweep)
+            head, taunorm_settings(cfg).tau, len(taunorm_settings(cfg).tau_sweep)
         ),
         "lws": lambda head, cfg, k: LWSHead(head, k),
         "posthoc": lambda head, cfg, k: FrozenHead(head),
         "wb": lambda head, cfg, k: head,
     },
+    settings={"taunorm": TauNormSettings},
 )
 METHODS = tuple(ADAPTERS)
 TRAINS_NOTHING = ("taunorm", "posthoc")  # evaluation only: they run for train.epochs=0
@@ -243,7 +267,7 @@ def load_stage1(run) -> None:
     if cfg.stage2.method in KEEP_HEAD:
         kept = model.head if cfg.stage2.method == "wb" else model.head.base
         _load_part(kept, state, "head.", run_dir)
-    if cfg.stage2.method == "taunorm" and len(cfg.stage2.tau_sweep):
+    if cfg.stage2.method == "taunorm" and len(taunorm_settings(cfg).tau_sweep):
         choose_tau(run)
 
 
@@ -261,7 +285,7 @@ def _load_part(module: nn.Module, state: dict, prefix: str, run_dir: Path) -> No
 
 @torch.no_grad()
 def choose_tau(run) -> float:
-    """Evaluate every tau of ``stage2.tau_sweep`` and keep the best overall accuracy.
+    """Evaluate every tau of ``stage2.taunorm.tau_sweep`` and keep the best overall accuracy.
 
     On the val split when the run has one; else (CIFAR-LT, Fashion-MNIST-LT) on the TEST split,
     recorded as such in the head and so in every metrics file: an optimistic number.
@@ -284,7 +308,7 @@ def choose_tau(run) -> float:
         targets = distributed.gather_cat(targets, run.dist)
     results = []
     features = features.to(head.base.classifier.weight.device)  # gathered on the CPU
-    for tau in run.cfg.stage2.tau_sweep:
+    for tau in taunorm_settings(run.cfg).tau_sweep:
         logits = posthoc_adjust(
             head.logits_at(features, tau).cpu(), run.train_counts, run.cfg.loss.posthoc_tau
         )
