@@ -153,7 +153,7 @@ def test_mixing_stops_at_its_epoch():
         ("train.mix=blend", "expected one of none, mixup, cutmix, remix"),
         ("train.mix_alpha=-0.5", "train.mix_alpha=-0.5: must be > 0"),
         ("train.mix_prob=1.5", r"train.mix_prob=1.5: must be in \[0, 1\]"),
-        ("train.remix_kappa=0.5", "train.remix_kappa=0.5: must be >= 1"),
+        ("train.remix.kappa=0.5", "train.remix.kappa=0.5: must be a number >= 1"),
         ("data.erasing_prob=-0.1", r"data.erasing_prob=-0.1: must be in \[0, 1\]"),
         ("data.randaugment_magnitude=31", r"data.randaugment_magnitude=31: must be in \[0, 30\]"),
         ("data.augment=crop_flip+jitter", "unknown step 'jitter'.*autoaugment, randaugment"),
@@ -322,3 +322,12 @@ def test_a_newly_registered_mix_or_augmentation_step_is_valid_at_once(monkeypatc
         checked(RECIPE, ["train.mix=blend", "data.augment=crop_flip+posterize"])
     monkeypatch.setitem(POLICIES._entries, "posterize", lambda v2, st, side: None)
     checked(RECIPE, ["train.mix=blend", "data.augment=crop_flip+posterize"])
+
+
+def test_remix_settings_sit_under_its_name_and_the_old_flat_ones_still_read():
+    cfg = checked(RECIPE, ["train.mix=remix", "train.remix_kappa=2"])  # the old spelling
+    assert cfg.train.remix == {"kappa": 2.0, "tau": 0.5} and "remix_kappa" not in cfg.train
+    plain = checked(RECIPE, ["train.mix=mixup", "train.remix.kappa=2"])
+    assert "remix" not in plain.train  # another mix's settings are not part of the run
+    with pytest.raises(ConfigError, match="train.epoch: not a setting; expected epochs"):
+        checked(RECIPE, ["train.epoch=3"])  # a typo in an open section, refused before a run

@@ -128,13 +128,22 @@ def legacy_loss_keys(tree: Any) -> Any:
     """A parsed recipe, override set or saved config with its flat loss keys moved under the
     loss's name (only the named loss's, where the tree names it: a saved config holds every
     flat key, and only its own loss's settings are part of the run). A saved config also held
-    ``model.camc`` whatever the head (only a CAMC head's is kept), and tau-norm's tau flat
-    under ``stage2``."""
+    ``model.camc`` whatever the head (only a CAMC head's is kept), tau-norm's tau flat under
+    ``stage2`` and Remix's kappa and tau flat under ``train``."""
     if not isinstance(tree, dict):
         return tree
     model = tree.get("model")
     if isinstance(model, dict) and model.get("head") not in (None, "camc") and "camc" in model:
         tree = {**tree, "model": {k: v for k, v in model.items() if k != "camc"}}
+    train = tree.get("train")
+    if isinstance(train, dict) and ("remix_kappa" in train or "remix_tau" in train):  # Remix's
+        flat = {
+            k.removeprefix("remix_"): train[k] for k in ("remix_kappa", "remix_tau") if k in train
+        }
+        kept = {k: v for k, v in train.items() if k not in ("remix_kappa", "remix_tau")}
+        if train.get("mix") in (None, "remix"):
+            kept["remix"] = {**flat, **(kept.get("remix") or {})}
+        tree = {**tree, "train": kept}
     stage2 = tree.get("stage2")
     if isinstance(stage2, dict) and ("tau" in stage2 or "tau_sweep" in stage2):  # tau-norm's
         flat = {k: stage2[k] for k in ("tau", "tau_sweep") if k in stage2}
@@ -183,13 +192,12 @@ class TrainConfig:
     compile: str = "off"
     deterministic: bool = True
     threads: int = 0  # CPU threads; 0 leaves torch's default
-    # batch mixing (camlt.mixing): none | mixup | cutmix | remix, l ~ Beta(mix_alpha, mix_alpha)
+    # batch mixing (camlt.mixing): none | mixup | cutmix | remix, l ~ Beta(mix_alpha, mix_alpha);
+    # a mix's own settings under its name (train.remix.kappa)
     mix: str = "none"
     mix_alpha: float = 1.0
     mix_prob: float = 1.0  # share of batches mixed
     mix_stop_epoch: int | None = None  # 0-based epoch from which no batch is mixed (None: never)
-    remix_kappa: float = 3.0  # Remix: count ratio from which the label goes to the rarer class
-    remix_tau: float = 0.5  # Remix: mixing factor below which it does
     # MaxNorm (camlt.regularize): after each step or epoch every class weight vector of a linear
     # classifier is projected into the ball of radius maxnorm_threshold (None: weight balancing's
     # rule, min + 0.1 (max - min) of the per-class norms when training starts)
@@ -392,7 +400,7 @@ def _check_sections(tree: Any, schema: DictConfig, source: str, prefix: str = ""
 
 # The sections that hold parts' own settings under the part's name (loss.focal, model.camc):
 # open below their own keys; camlt.preflight checks each part's section against its registry.
-OPEN_SECTIONS = ("loss", "model", "stage2")
+OPEN_SECTIONS = ("loss", "model", "stage2", "train")
 
 
 def schema() -> DictConfig:
@@ -607,8 +615,6 @@ def _validate_recipe_levers(cfg: DictConfig) -> None:
     _validate_clutter(data.clutter)
     _in_range("train.mix_alpha", train.mix_alpha, 0, math.inf, closed=False)
     _in_range("train.mix_prob", train.mix_prob, 0, 1)
-    _in_range("train.remix_tau", train.remix_tau, 0, 1)
-    _in_range("train.remix_kappa", train.remix_kappa, 1, math.inf)
     _in_range("data.erasing_prob", data.erasing_prob, 0, 1)
     _in_range("data.randaugment_magnitude", data.randaugment_magnitude, 0, 30)
     _in_range("data.randaugment_ops", data.randaugment_ops, 1, 16)

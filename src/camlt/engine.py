@@ -51,7 +51,7 @@ from camlt.lifecycle import (
 )
 from camlt.losses import MixedTargets, Targets, build_loss, posthoc_adjust
 from camlt.metrics import evaluate_predictions, format_table
-from camlt.mixing import BatchMixer, MixSettings
+from camlt.mixing import MIX_FUNCTIONS, BatchMixer, MixSettings
 from camlt.models import LongTailClassifier, build_model
 from camlt.preflight import check_run, warnings_of
 from camlt.registry import Describes, EpochAware
@@ -338,9 +338,9 @@ def build_mixer(cfg: DictConfig, counts: list[int]) -> BatchMixer | None:
     """The batch mixing of ``train.mix``, or None when off."""
     if cfg.mix == "none":
         return None
-    settings = MixSettings(
-        cfg.mix, cfg.mix_alpha, cfg.mix_prob, cfg.mix_stop_epoch, cfg.remix_kappa, cfg.remix_tau
-    )
+    given = cfg.get(cfg.mix)  # the mix's own settings, under its name (train.remix)
+    own = MIX_FUNCTIONS.settings(cfg.mix, OmegaConf.to_container(given) if given else None)
+    settings = MixSettings(cfg.mix, cfg.mix_alpha, cfg.mix_prob, cfg.mix_stop_epoch, own)
     return BatchMixer(settings, counts, cfg.seed)
 
 

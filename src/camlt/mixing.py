@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from camlt.errors import UsageError
 from camlt.losses import MixedTargets
 from camlt.registry import Registry
 
@@ -35,8 +37,7 @@ class MixSettings:
     alpha: float = 1.0
     prob: float = 1.0  # share of batches mixed
     stop_epoch: int | None = None  # 0-based epoch from which batches are no longer mixed
-    remix_kappa: float = 3.0
-    remix_tau: float = 0.5
+    own: Any = None  # the mix's own settings (RemixSettings), where it has some
 
     def active(self, epoch: int) -> bool:
         return self.stop_epoch is None or epoch < self.stop_epoch
@@ -103,10 +104,30 @@ def remix(images: torch.Tensor, labels: torch.Tensor, p: Pairing):
     mixed = p.lam * images + (1.0 - p.lam) * images[p.perm]
     a, b = labels.cpu(), labels[p.perm].cpu()
     s = p.settings
-    return mixed, remix_weights(p.lam, a, b, p.counts, s.remix_kappa, s.remix_tau)
+    return mixed, remix_weights(p.lam, a, b, p.counts, s.own.kappa, s.own.tau)
 
 
-MIX_FUNCTIONS = Registry("train.mix", {"mixup": mixup, "cutmix": cutmix, "remix": remix})
+@dataclass
+class RemixSettings:
+    """``train.remix``: the count ratio from which the label goes wholly to the rarer class,
+    and the mixing factor below which it does (Chou et al.)."""
+
+    kappa: float = 3.0
+    tau: float = 0.5
+
+    def check(self, section: str) -> None:
+        number = (int, float)
+        if not (isinstance(self.kappa, number) and self.kappa >= 1):
+            raise UsageError(f"{section}.kappa={self.kappa!r}: must be a number >= 1")
+        if not (isinstance(self.tau, number) and 0 <= self.tau <= 1):
+            raise UsageError(f"{section}.tau={self.tau!r}: must be a number in [0, 1]")
+
+
+MIX_FUNCTIONS = Registry(
+    "train.mix",
+    {"mixup": mixup, "cutmix": cutmix, "remix": remix},
+    settings={"remix": RemixSettings},
+)
 
 
 class BatchMixer:

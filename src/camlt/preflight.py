@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from camlt import finetune
-from camlt.config import ConfigError, LossConfig, ModelConfig, Stage2Config
+from camlt.config import ConfigError, LossConfig, ModelConfig, Stage2Config, TrainConfig
 from camlt.data.augment import parse_augment
 from camlt.data.loaders import DATA_SETS, check_data_config
 from camlt.data.samplers import SAMPLERS
@@ -121,8 +121,9 @@ def _own(node: DictConfig, name: str) -> dict | None:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """The loss's, the head's and the stage-2 method's own settings (camlt.losses, camlt.heads,
-    camlt.stage2), checked and completed (LDAM's scale with the head's)."""
+    """The loss's, the head's, the stage-2 method's and the mix's own settings (camlt.losses,
+    camlt.heads, camlt.stage2, camlt.mixing), checked and completed (LDAM's scale with the
+    head's)."""
     loss_common = [f.name for f in dataclasses.fields(LossConfig)]
     check_sections(
         cfg.loss,
@@ -135,6 +136,8 @@ def check_settings(cfg: DictConfig) -> None:
     check_sections(cfg.model, cfg.model.head, model_common, HEADS)
     stage2_common = [f.name for f in dataclasses.fields(Stage2Config)]
     check_sections(cfg.stage2, cfg.stage2.method, stage2_common, ADAPTERS)
+    train_common = [f.name for f in dataclasses.fields(TrainConfig)]
+    check_sections(cfg.train, cfg.train.mix, train_common, MIX_FUNCTIONS)
 
 
 def check_combinations(cfg: DictConfig) -> None:
