@@ -1,8 +1,12 @@
-"""Classification heads on a backbone's feature map, built by name from the model config."""
+"""Classification heads on a backbone's feature map, built by name from the model config.
+
+Each head's module registers it in ``HEADS`` (camlt.heads.registry) with its own settings; importing
+the package registers them all.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig
 from torch import nn
@@ -11,7 +15,7 @@ from camlt.heads.base import HeadOutput
 from camlt.heads.camc import CAMCHead, CAMCSettings
 from camlt.heads.linear import LinearHead
 from camlt.heads.normalized import NormalizedClassifier, NormalizedHead
-from camlt.registry import Registry
+from camlt.heads.registry import HEADS
 
 __all__ = [
     "CAMCHead",
@@ -24,19 +28,6 @@ __all__ = [
     "build_head",
     "logit_scale",
 ]
-
-HeadFactory = Callable[[int, int, DictConfig, Sequence[int]], nn.Module]
-
-HEADS: Registry[HeadFactory] = Registry(
-    "model.head",
-    {
-        "linear": lambda c, k, m, counts: LinearHead(c, k),
-        "normalized": lambda c, k, m, counts: NormalizedHead(c, k, m.scale, m.learn_scale),
-        "camc": CAMCHead.from_config,
-    },
-    settings={"camc": CAMCSettings},  # under model.camc
-)
-
 
 # Heads whose class vectors are unit length in the forward: a norm bound (MaxNorm) changes nothing.
 UNIT_NORM_HEADS = ("normalized", "camc")

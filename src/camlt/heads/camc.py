@@ -21,6 +21,7 @@ from torch import nn
 from camlt.errors import UsageError
 from camlt.heads.base import HeadOutput
 from camlt.heads.normalized import NormalizedClassifier
+from camlt.heads.registry import HEADS
 
 VARIANTS = ("section2", "class")
 GUIDES = ("predicted", "target", "balanced")
@@ -402,3 +403,6 @@ def _location_norms(F_u: torch.Tensor) -> torch.Tensor:
 def _cos(f: torch.Tensor, W_hat: torch.Tensor) -> torch.Tensor:
     """cos(W, f): each feature row against each unit class weight."""
     return nnf.normalize(f, dim=1) @ W_hat.t()
+
+
+HEADS.add("camc", CAMCHead.from_config, CAMCSettings)  # its settings under model.camc

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from camlt.heads.base import HeadOutput
+from camlt.heads.registry import HEADS
 
 
 class LinearHead(nn.Module):
@@ -16,3 +17,6 @@ class LinearHead(nn.Module):
     def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
         f = fmap.mean(dim=(2, 3))
         return HeadOutput(self.classifier(f.float()), features=f)
+
+
+HEADS.add("linear", lambda c, k, model_cfg, counts: LinearHead(c, k))

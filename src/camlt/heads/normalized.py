@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlt.heads.base import HeadOutput
+from camlt.heads.registry import HEADS
 
 
 class NormalizedClassifier(nn.Module):
@@ -56,3 +57,6 @@ class NormalizedHead(nn.Module):
     def forward(self, fmap: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
         f = fmap.mean(dim=(2, 3))
         return HeadOutput(self.classifier(f), features=f)
+
+
+HEADS.add("normalized", lambda c, k, m, counts: NormalizedHead(c, k, m.scale, m.learn_scale))
