@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode
 
 from camlt.errors import UserError
 
@@ -411,11 +412,32 @@ def schema() -> DictConfig:
     return structure
 
 
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "y", "n", "1", "0")
+
+
+def _check_bools(tree: Any, node: DictConfig, source: str, prefix: str = "") -> None:
+    """A text where the schema has a yes/no setting is taken only as a yes/no word: OmegaConf
+    would read any number-like text ('30') as true without a word."""
+    if not isinstance(tree, dict):
+        return
+    for name, value in tree.items():
+        if not isinstance(name, str) or name not in node:
+            continue
+        child = node._get_node(name)
+        key = f"{prefix}{name}"
+        if isinstance(child, DictConfig):
+            _check_bools(value, child, source, key + ".")
+        elif isinstance(child, BooleanNode) and isinstance(value, str):
+            if value.strip().lower() not in BOOL_WORDS:
+                raise ConfigError(f"{source}: {key}={value!r}: expected true or false")
+
+
 def merge(base: dict, source: str) -> DictConfig:
     """Validate a nested dict against the schema."""
     base = legacy_loss_keys(base)
     schema_ = schema()
     _check_sections(base, schema_, source)
+    _check_bools(base, schema_, source)
     try:
         merged = OmegaConf.merge(schema_, OmegaConf.create(base))
     except OmegaConfBaseException as err:
@@ -493,6 +515,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     if overrides:
         parsed = legacy_loss_keys(parse_overrides(overrides))
         _check_sections(parsed, schema(), "command line")
+        _check_bools(parsed, schema(), "command line")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(parsed))
         except OmegaConfBaseException as err:
