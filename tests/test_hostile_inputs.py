@@ -282,6 +282,7 @@ def test_nested_aliases_are_refused_fast_beyond_the_bound_or_read(levels, width,
         ("data.split_seed=4294967296", "data.split_seed=4294967296: must be a whole number"),
         ("train.lr=.inf", "train.lr=inf: must be a finite number"),
         ("data.max_pixels=0", "data.max_pixels=0: must be positive"),
+        ("data.balanced='30'", "data.balanced='30': expected true or false"),  # was true
     ],
 )
 def test_bad_values_name_their_key(override, message):
