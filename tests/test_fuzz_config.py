@@ -168,6 +168,7 @@ def test_arbitrary_override_text_is_parsed_or_refused(items):
 @example(flat={"train.epochs": "${train.seed}"})
 @example(flat={"data.root": "\\${x}"})
 @example(flat={"data.balanced": "30"})  # found by the deep fuzz: read as true
+@example(flat={"train.weight_decay.x": "${"})  # found by the deep fuzz: a traceback
 def test_recipe_mappings_are_loaded_exactly_or_refused(flat, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(nested(flat)), encoding="utf-8")

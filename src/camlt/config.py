@@ -254,9 +254,10 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
     schema = OmegaConf.structured(Config)
     section = key.rsplit(".", 1)[0] if "." in key else ""
-    node = OmegaConf.select(schema, section) if section else schema
-    valid = _valid_keys(node, section + "." if section else "") if node is not None else []
-    if not valid or not isinstance(node, DictConfig):
+    node = OmegaConf.select(schema, section, default=None) if section else schema
+    # a key below a value (train.weight_decay.x) has no section of its own: list them all
+    valid = _valid_keys(node, section + ".") if isinstance(node, DictConfig) and section else []
+    if not valid:
         valid = _valid_keys(schema)
     reason = str(err).splitlines()[0]
     return ConfigError(
