@@ -428,9 +428,12 @@ def _check_bools(tree: Any, node: DictConfig, source: str, prefix: str = "") -> 
         key = f"{prefix}{name}"
         if isinstance(child, DictConfig):
             _check_bools(value, child, source, key + ".")
-        elif isinstance(child, BooleanNode) and isinstance(value, str):
-            if value.strip().lower() not in BOOL_WORDS:
-                raise ConfigError(f"{source}: {key}={value!r}: expected true or false")
+        elif (
+            isinstance(child, BooleanNode)
+            and isinstance(value, str)
+            and (value.strip().lower() not in BOOL_WORDS)
+        ):
+            raise ConfigError(f"{source}: {key}={value!r}: expected true or false")
 
 
 def merge(base: dict, source: str) -> DictConfig:
