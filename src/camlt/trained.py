@@ -28,6 +28,7 @@ from camlt.distributed import resolve_device
 from camlt.errors import UsageError
 from camlt.metrics import evaluate_predictions
 from camlt.models import LongTailClassifier, build_model
+from camlt.preflight import check_settings
 from camlt.priors import adjust_logits, shifted_test_indices
 from camlt.registry import Describes
 from camlt.rundir import CONFIG_FILE, resolve, run_id, saved_config
@@ -122,6 +123,14 @@ def run_config(run_dir: Path, ckpt: Path, state: dict, overrides: Sequence[str] 
     """The run's config.yaml (the checkpoint's where there is none), checked against the
     checkpoint's, with eval-free overrides laid over it."""
     embedded = saved_config(state, ckpt)
+    try:  # the open sections' keys (a part's settings) against this camlt's registries
+        check_settings(embedded)
+    except ConfigError as err:
+        written_by = state.get("camlt_version", "unknown")
+        raise CheckpointError(
+            f"{ckpt}: {err} (the checkpoint was written by camlt {written_by}; this is camlt "
+            f"{__version__})"
+        ) from None
     beside = run_dir / CONFIG_FILE
     cfg = embedded
     if beside.is_file():
