@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from table import RESULTS, machine
-
-from camlt.checkpoint import atomic_write_json, atomic_write_text
+from table import RESULTS, machine, publish
 
 LINES, CLASSES = 437_513, 8_142
 
@@ -64,9 +62,9 @@ def main() -> None:
         "torch": torch.__version__,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "data_check_speed.json", results)
-    atomic_write_text(
-        RESULTS / "data_check_speed.md",
+    publish(
+        "data_check_speed",
+        results,
         "# `camlt data check` on an iNaturalist-2018-sized split file\n\n"
         f"{LINES:,} lines, {CLASSES:,} classes, no image root: {results['command_s']} s for the "
         f"whole command ({results['import_s']} s of it importing Python modules). "
