@@ -108,6 +108,8 @@ def flatten(tree: object, prefix: str = "") -> dict[str, object]:
 def check_loaded(cfg: DictConfig, expected: dict[str, object], tmp: Path) -> None:
     """A config that loaded holds what was written and survives a run directory's config.yaml."""
     for key, value in expected.items():
+        if key == "data.augment" and isinstance(value, bool):  # the documented legacy spelling
+            value = "crop_flip" if value else "none"
         if key in KEYS and not (isinstance(value, str) and "$" in value):
             assert agrees(value, OmegaConf.select(cfg, key)), (key, value)
     saved = tmp / "config.yaml"
@@ -169,6 +171,7 @@ def test_arbitrary_override_text_is_parsed_or_refused(items):
 @example(flat={"data.root": "\\${x}"})
 @example(flat={"data.balanced": "30"})  # found by the deep fuzz: read as true
 @example(flat={"train.weight_decay.x": "${"})  # found by the deep fuzz: a traceback
+@example(flat={"data.augment": False})  # the legacy boolean, read as "none" (config.normalize)
 def test_recipe_mappings_are_loaded_exactly_or_refused(flat, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(nested(flat)), encoding="utf-8")
