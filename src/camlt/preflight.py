@@ -2,9 +2,10 @@
 
 ``camlt.config`` checks what the schema alone can say (types, ranges, the fixed choices of a
 setting). The names of parts (a loss, head, backbone, data set, sampler, stage-2 method, mix,
-augmentation step) are checked here against the registries that own them, with what a part
-may go with, and the keys a data set needs, before a run directory exists or a data file is
-read: a refused command leaves nothing on disk. A newly registered part is valid at once.
+augmentation step) and each part's own settings (under its name: ``loss.focal.gamma``) are
+checked here against the registries that own them, with what a part may go with, and the keys
+a data set needs, before a run directory exists or a data file is read: a refused command
+leaves nothing on disk. A newly registered part, and its settings, are valid at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from camlt.stage2 import ADAPTERS, NO_CLASS_WEIGHTS, TRAINS_NOTHING
 
 def check_run(cfg: DictConfig) -> None:
     """Every check a training run needs before it starts; raises ConfigError or DataError.
-    Fills the named loss's settings with their defaults, so the saved config holds them."""
+    Completes each chosen part's settings with their defaults, so the saved config holds them."""
     check_names(cfg)
     check_settings(cfg)
     check_combinations(cfg)
@@ -85,7 +86,7 @@ def check_names(cfg: DictConfig) -> None:
 def check_sections(
     node: DictConfig, name: str, common: list[str], registry: Registry, fill: Any = None
 ) -> None:
-    """A section that holds parts' own settings under their names (``loss``, ``model``): every
+    """A section that holds parts' own settings under their names (loss, model, stage2, train): every
     other key names a part with settings and holds only its settings; the chosen part's
     (``name``) is completed with its defaults (``fill``, where given), the others left out."""
     section = registry.key.rsplit(".", 1)[0]
