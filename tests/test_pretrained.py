@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from camlt import engine
 from camlt.config import ConfigError
@@ -103,3 +103,21 @@ def test_training_starts_from_the_file_and_says_so(fmnist_root, tmp_path, lite0_
     cfg = tiny_config(fmnist_root, tmp_path / "run", *extra, f"model.pretrained={lite0_file}")
     engine.train(cfg, tmp_path / "run")
     assert "294 tensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["own_data.yaml", "own_data_pretrained.yaml"])
+def test_the_own_data_recipes_train_on_a_folder(tmp_path, lite0_file, recipe):
+    from imagefiles import image_folder
+
+    from camlt.config import load_config
+
+    root = image_folder(tmp_path / "photos", {"cat": 10, "dog": 10, "emu": 10})
+    small = ["data.image_size=32", "data.resize_size=36", "train.epochs=1", "train.batch_size=8"]
+    small += [f"data.root={root}", "train.workers=0", "train.threads=1", "train.progress=false"]
+    if recipe == "own_data_pretrained.yaml":
+        small.append(f"model.pretrained={lite0_file}")
+    cfg = load_config(ROOT / "configs" / recipe, small)
+    engine.train(cfg, tmp_path / "run")
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.train.schedule == "cosine" and saved.loss.name == "balanced_softmax"
+    assert (tmp_path / "run" / "best.pt").is_file()  # the val split selected a checkpoint
