@@ -113,59 +113,55 @@ class LossConfig:
     posthoc_tau: float = 0.0  # test time: z - posthoc_tau * log prior (0: off)
 
 
-# Loss settings once kept flat in LossConfig, now under the loss's name: old recipes, saved
-# configs and checkpoints read as they always did. focal_gamma served cb's focal base too.
-LEGACY_LOSS_KEYS = {
-    "focal_gamma": (("focal", "gamma"), ("cb", "gamma")),
-    "cb_beta": (("cb", "beta"),),
-    "cb_base": (("cb", "base"),),
-    "ldam_max_margin": (("ldam", "max_margin"),),
-    "ldam_scale": (("ldam", "scale"),),
-    "la_tau": (("logit_adjust", "tau"),),
+# Settings once kept flat beside the key that names their part, now under the part's name:
+# section -> (the key naming its part, {old key: ((part, key), ...)}). Old recipes, saved configs
+# and checkpoints read as they always did. focal_gamma served cb's focal base too.
+LEGACY_KEYS = {
+    "loss": (
+        "name",
+        {
+            "focal_gamma": (("focal", "gamma"), ("cb", "gamma")),
+            "cb_beta": (("cb", "beta"),),
+            "cb_base": (("cb", "base"),),
+            "ldam_max_margin": (("ldam", "max_margin"),),
+            "ldam_scale": (("ldam", "scale"),),
+            "la_tau": (("logit_adjust", "tau"),),
+        },
+    ),
+    "stage2": ("method", {"tau": (("taunorm", "tau"),), "tau_sweep": (("taunorm", "tau_sweep"),)}),
+    "train": ("mix", {"remix_kappa": (("remix", "kappa"),), "remix_tau": (("remix", "tau"),)}),
 }
 
 
-def legacy_loss_keys(tree: Any) -> Any:
-    """A parsed recipe, override set or saved config with its flat loss keys moved under the
-    loss's name (only the named loss's, where the tree names it: a saved config holds every
-    flat key, and only its own loss's settings are part of the run). A saved config also held
-    ``model.camc`` whatever the head (only a CAMC head's is kept), tau-norm's tau flat under
-    ``stage2`` and Remix's kappa and tau flat under ``train``."""
+def legacy_keys(tree: Any) -> Any:
+    """A parsed recipe, override set or saved config with its flat settings moved under their
+    part's name: only the named part's, where the tree names it (a saved config holds every flat
+    key, and only its own part's settings belong to the run). A saved config also held
+    ``model.camc`` whatever the head: only a CAMC head's is kept."""
     if not isinstance(tree, dict):
         return tree
+    tree = dict(tree)
     model = tree.get("model")
     if isinstance(model, dict) and model.get("head") not in (None, "camc") and "camc" in model:
-        tree = {**tree, "model": {k: v for k, v in model.items() if k != "camc"}}
-    train = tree.get("train")
-    if isinstance(train, dict) and ("remix_kappa" in train or "remix_tau" in train):  # Remix's
-        flat = {
-            k.removeprefix("remix_"): train[k] for k in ("remix_kappa", "remix_tau") if k in train
-        }
-        kept = {k: v for k, v in train.items() if k not in ("remix_kappa", "remix_tau")}
-        if train.get("mix") in (None, "remix"):
-            kept["remix"] = {**flat, **(kept.get("remix") or {})}
-        tree = {**tree, "train": kept}
-    stage2 = tree.get("stage2")
-    if isinstance(stage2, dict) and ("tau" in stage2 or "tau_sweep" in stage2):  # tau-norm's
-        flat = {k: stage2[k] for k in ("tau", "tau_sweep") if k in stage2}
-        kept = {k: v for k, v in stage2.items() if k not in flat}
-        if stage2.get("method") in (None, "taunorm"):
-            kept["taunorm"] = {**flat, **(kept.get("taunorm") or {})}
-        tree = {**tree, "stage2": kept}
-    if not isinstance(tree.get("loss"), dict):
-        return tree
-    loss = dict(tree["loss"])
-    name = loss.get("name")
-    for old, places in LEGACY_LOSS_KEYS.items():
-        if old not in loss:
+        tree["model"] = {k: v for k, v in model.items() if k != "camc"}
+    for name, (chooser, moved) in LEGACY_KEYS.items():
+        if isinstance(tree.get(name), dict) and moved.keys() & tree[name].keys():
+            tree[name] = _moved_under_parts(dict(tree[name]), chooser, moved)
+    return tree
+
+
+def _moved_under_parts(section: dict, chooser: str, moved: dict) -> dict:
+    chosen = section.get(chooser)
+    for old, places in moved.items():
+        if old not in section:
             continue
-        value = loss.pop(old)
-        for section, key in places:
-            if name is None or section == name:
-                loss.setdefault(section, {})
-                if isinstance(loss[section], dict):
-                    loss[section].setdefault(key, value)
-    return {**tree, "loss": loss}
+        value = section.pop(old)
+        for part, key in places:
+            if chosen is None or part == chosen:
+                section.setdefault(part, {})
+                if isinstance(section[part], dict):
+                    section[part].setdefault(key, value)
+    return section
 
 
 @dataclass
@@ -438,7 +434,7 @@ def _check_bools(tree: Any, node: DictConfig, source: str, prefix: str = "") -> 
 
 def merge(base: dict, source: str) -> DictConfig:
     """Validate a nested dict against the schema."""
-    base = legacy_loss_keys(base)
+    base = legacy_keys(base)
     schema_ = schema()
     _check_sections(base, schema_, source)
     _check_bools(base, schema_, source)
@@ -517,7 +513,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
     recipe = read_recipe(path)
     cfg = merge(recipe, str(path))
     if overrides:
-        parsed = legacy_loss_keys(parse_overrides(overrides))
+        parsed = legacy_keys(parse_overrides(overrides))
         _check_sections(parsed, schema(), "command line")
         _check_bools(parsed, schema(), "command line")
         try:

@@ -141,21 +141,13 @@ def check(
         corrupt.update({f: e for f, e in zip(todo, errors, strict=True) if e})
     report["corrupt"] = len(corrupt)
     report["corrupt_files"] = [f"{f}: {why}" for f, why in sorted(corrupt.items())]
-    resolved = {"list": _found(entries, res.files)}
+    resolved = {"list": entries.found(res.files)}
     for name, other in others.items():
-        resolved[name] = _found(
-            other, resolve_paths(other.paths, root, mode, allow_outside_root).files
+        resolved[name] = other.found(
+            resolve_paths(other.paths, root, mode, allow_outside_root).files
         )
     report.update(check_splits(resolved, entries.classes).to_dict())
     return report
-
-
-def _found(entries: SplitList, files: list[str | None]) -> SplitList:
-    """The entries whose files exist, with their paths resolved (what leaks compare)."""
-    keep = np.asarray([i for i, f in enumerate(files) if f is not None], dtype=np.int64)
-    found = entries.subset(keep)
-    found.paths = [files[i] for i in keep]  # type: ignore[misc]
-    return found
 
 
 def format_report(report: dict, per_class: bool = False, limit: int = 20) -> str:

@@ -367,9 +367,7 @@ def _file_splits(
                     "or data.path_map to map the split file's paths"
                 )
             reports.append(f"{name} split: skipped {len(res.missing)} missing images: {shown}")
-        keep = np.asarray([i for i, f in enumerate(res.files) if f is not None], dtype=np.int64)
-        lists[name] = split.subset(keep)
-        lists[name].paths = [res.files[i] for i in keep]
+        lists[name] = split.found(res.files)
     own = data.name in OWN_DATA  # a user's own files: every one decoded now, not mid-epoch
     for name in ("train", "val", "test") if own else ("train",) * (data.bad_images == "skip"):
         if lists.get(name) is not None:  # before the counts are taken: they shape the priors

@@ -39,6 +39,13 @@ class SplitList:
             dict(self.meta),
         )
 
+    def found(self, files: list[str | None]) -> SplitList:
+        """The entries whose file was found (``files[i]`` None: missing), paths as found."""
+        keep = np.asarray([i for i, f in enumerate(files) if f is not None], dtype=np.int64)
+        kept = self.subset(keep)
+        kept.paths = [files[i] for i in keep]  # type: ignore[misc]
+        return kept
+
 
 def read_split_file(path: str | Path) -> SplitList:
     """Parse ``path label`` lines; blank lines and ``#`` comments are skipped."""
