@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import ablation
 import baselines
 import clutter
+import families
 import foundation_table
 import full_recipe
 import recipes
@@ -45,6 +46,7 @@ TABLES = {
     "recipes": recipes.ROWS,
     "clutter": clutter.ROWS,
     "subsets": subsets.ROWS,
+    "families": families.ROWS,
 }
 SCRIPTS = {
     "foundation": "foundation_table.py",
@@ -54,6 +56,7 @@ SCRIPTS = {
     "recipes": "recipes.py",
     "clutter": "clutter.py",
     "subsets": "subsets.py",
+    "families": "families.py",
 }
 # What decides the issues' open questions comes first; long runs early, so they can finish. The
 # 200-epoch runs beyond the recipe's default come last: each costs as much as 6 rows of 30 epochs.

@@ -3,7 +3,7 @@
 The gap measure judges a method by that share: the ceiling is the same model and epochs trained
 on the full balanced set, so ``(row - CE) / (ceiling - CE)`` is 0% for plain CE and 100% for a
 method that makes the long tail cost nothing. Rows are taken from the kept results of the
-baselines, ablation and recipes tables (hard order, 30 epochs), means over their seeds; the
+baselines, ablation, recipes and families tables (hard order, 30 epochs), means over their seeds; the
 standard class order's rows against its own CE (the balanced ceiling has no order), and the
 cluttered benchmark's rows against its own CE and ceiling, each in a table of their own.
 
@@ -17,6 +17,7 @@ import statistics
 import ablation
 import baselines
 import clutter
+import families
 import recipes
 from table import RESULTS, load, publish, rarest
 
@@ -51,7 +52,7 @@ def value(entry: dict, col: str, groups: dict[str, list[str]]) -> float:
 
 def hard_order_rows() -> list[str]:
     """Every long-tailed hard-order 30-epoch row of the tables, in table order, each once."""
-    names = [row.name for row in [*baselines.ROWS, *ablation.ROWS, *recipes.ROWS]]
+    names = [row.name for row in [*baselines.ROWS, *ablation.ROWS, *recipes.ROWS, *families.ROWS]]
     return [
         n
         for n in dict.fromkeys(names)
@@ -220,6 +221,7 @@ def main() -> None:
         **load(RESULTS / "ablation.json"),
         **load(RESULTS / "baselines.json"),
         **load(RESULTS / "recipes.json"),
+        **load(RESULTS / "families.json"),
     }
     gap = compute(results)
     split = head_split(results, gap)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import submitit
 
 # Overrides that change how fast a run trains, not what it learns: they keep a row in its table.
-SPEED_ONLY = ("train.compile=",)
+SPEED_ONLY = ("train.compile=", "train.threads=")  # how fast, not what is learned
 # Extra command-line overrides a dependent (stage-2) row does not take: it has its own schedule.
 STAGE1_ONLY = ("train.epochs=", "train.milestones=", "train.warmup_epochs=", "train.schedule=")
 

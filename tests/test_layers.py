@@ -35,6 +35,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.localisation",
             "camlt.priors",
             "camlt.calibration",
+            "camlt.adapt",
             "camlt.preflight",
             "camlt.finetune",
         )
@@ -45,7 +46,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         "training": ("camlt.engine", "camlt.lifecycle", "camlt.tblog"),
         "inference": ("camlt.predict", "camlt.export", "camlt.api"),
     },
-    {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.cli")},
+    {"commands": ("camlt.report", "camlt.cli_inspect", "camlt.cluster", "camlt.tune", "camlt.cli")},
 ]
 
 

@@ -7,7 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from camlt.config import ConfigError, from_yaml_file, schema
+from camlt.heads import HeadOutput
 from camlt.losses import (
+    EXPERT_LOSSES,
     LOSSES,
     build_loss,
     effective_number_weights,
@@ -155,8 +157,12 @@ def test_prior_losses_equal_cross_entropy_for_a_uniform_prior(name):
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_computes_in_float32(name):
-    loss = build_loss(loss_cfg(name=name), COUNTS)
-    value = loss(torch.tensor(Z, dtype=torch.bfloat16), torch.tensor(Y))
+    z = torch.tensor(Z, dtype=torch.bfloat16)
+    if name in EXPERT_LOSSES:  # a loss of three experts' outputs
+        loss = build_loss(loss_cfg(name=name), COUNTS, experts=3)
+        value = loss.experts_loss([HeadOutput(z)] * 3, torch.tensor(Y))
+    else:
+        value = build_loss(loss_cfg(name=name), COUNTS)(z, torch.tensor(Y))
     assert value.dtype == torch.float32 and torch.isfinite(value)
 
 

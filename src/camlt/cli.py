@@ -65,6 +65,46 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """An Optuna search of ``--space`` on the recipe's val split (camlt.tune)."""
+    from camlt import cluster, tune
+
+    recipe, out = Path(args.recipe), Path(args.out)
+    space = tune.parse_space(args.space)
+    tune.check_search(recipe, args.overrides, space)
+    out.mkdir(parents=True, exist_ok=True)
+    tune.open_study(out, args.study, args.seed, not args.no_prune)  # created before any worker
+    workers = max(1, args.workers)
+    shares = [args.trials // workers + (i < args.trials % workers) for i in range(workers)]
+    jobs = [
+        tune.Worker(recipe, list(args.overrides), space, out, args.study, n, args.seed + i,
+                    not args.no_prune)
+        for i, n in enumerate(shares) if n
+    ]  # fmt: skip
+    if args.cluster is None:
+        for job in jobs:
+            job()
+    else:
+        res = cluster.resources_from(args)
+        ex = cluster.executor(
+            args.cluster, args.folder or out / "jobs", res, "pass --cluster local"
+        )
+        commands = [f"camlt tune worker {i} of {len(jobs)}" for i in range(len(jobs))]
+        for job in cluster.submit(ex, jobs, commands, "pass --cluster local"):
+            cluster.wait(job)
+    study = tune.open_study(out, args.study, args.seed, not args.no_prune)
+    best = tune.write_outcome(study, out, space)
+    done = tune.finished_trials(study)
+    top = max(done, key=lambda t: t.value)
+    print(
+        f"{len(study.trials)} trials ({len(done)} finished) in {out / tune.STORAGE_FILE}; best: "
+        f"trial {top.number}, val {tune.METRIC} {100 * top.value:.2f}, "
+        + ", ".join(f"{k}={v}" for k, v in top.params.items())
+    )
+    print(f"wrote {best} (camlt train {best}), {out / tune.TRIALS_FILE}, {out / tune.FIGURE_FILE}")
+    return 0
+
+
 def _out_path(out: str | None, default: Path, overwrite: bool) -> Path:
     """Where a command writes its file: never over a run's own files, and over another existing
     file only when asked (--overwrite); its default file is its own to replace."""
@@ -146,6 +186,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for key in ("balanced_accuracy", "ece"):
         print(f"  {key:<18} {100 * cal.before[key]:6.2f} -> {100 * cal.after[key]:6.2f}")
     print(f"wrote {path}; camlt eval, predict and export now apply it")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from camlt import adapt
+    from camlt.data.inputs import normalise
+    from camlt.predict import collect_images
+    from camlt.trained import open_run
+
+    loaded = open_run(args.run_dir, args.overrides, args.device)
+    if loaded.run_dir is None or not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir}: camlt adapt takes a run directory")
+    adapt.experts_of(loaded.model)  # a single model is refused before any image is read
+    if args.images:
+        paths, missing = collect_images(args.images)
+        for item, reason in missing:
+            print(f"camlt: skipped {printable(item)}: {reason}", file=sys.stderr)
+        batches, source = adapt.file_batches(paths, loaded.spec), "files"
+    else:
+        batches, source = adapt.split_batches(loaded.cfg), "test split"
+    spec = loaded.spec
+    log_probs = adapt.view_log_probs(
+        loaded.model, batches, lambda b: normalise(b, spec), loaded.device, args.seed
+    )
+    weights, before, after = adapt.fit_weights(log_probs)
+    fitted_on = {"images": source, "count": log_probs.shape[2], "epoch": loaded.epoch}
+    learned = adapt.Aggregation(weights.tolist(), {**fitted_on, "seed": args.seed}, before, after)
+    path = adapt.save(loaded.run_dir, learned)
+    shown = " ".join(f"{w:.3f}" for w in learned.weights)
+    print(f"learned on {log_probs.shape[2]} unlabelled images ({source}): weights {shown}")
+    print(f"  views' agreement {before:.4f} (equal weights) -> {after:.4f}")
+    print(f"wrote {path}; camlt eval, predict, cam and export now use these weights")
     return 0
 
 
@@ -254,6 +326,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_resource_arguments(p)
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser(
+        "tune", help="search a recipe's settings on its val split (Optuna; never the test split)"
+    )
+    p.add_argument("recipe", help="recipe file (configs/*.yaml); it needs a val split")
+    p.add_argument("overrides", nargs="*", help="key=value for every trial, as for camlt train")
+    p.add_argument(
+        "--space",
+        nargs="+",
+        required=True,
+        metavar="KEY=SPEC",
+        help="searched keys: KEY=LOW:HIGH[:log|:int] or KEY=A,B,C, or a YAML file of them",
+    )
+    p.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
+    p.add_argument(
+        "--out",
+        default="runs/tune",
+        help="the search's folder: tune.db, the trials' runs, best.yaml",
+    )
+    p.add_argument("--study", default="camlt", help="the study's name in tune.db")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument(
+        "--no-prune", action="store_true", help="run every trial to its end (no median pruning)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes or jobs sharing the trials")
+    p.add_argument(
+        "--cluster",
+        choices=("local", "slurm"),
+        help="run the workers as submitit jobs (default: in this process, one after another)",
+    )
+    add_resource_arguments(p, tasks=False)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on the test split")
     p.add_argument("target", help="run directory or checkpoint file")
     p.add_argument(
@@ -284,6 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. data.val_per_class=200 (benchmarks)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "adapt",
+        help="learn a multi-expert run's expert weights from unlabelled images (test-time "
+        "aggregation); kept in the run",
+    )
+    p.add_argument("run_dir", help="the run directory (trained with model.experts > 1)")
+    p.add_argument("overrides", nargs="*", help="e.g. data.root=DIR (where the data lives now)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--test", action="store_true", help="the run's test split, its labels unread"
+    )
+    source.add_argument(
+        "--images", nargs="+", metavar="PATH", help="image files, folders or globs to adapt to"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the augmented views' random draw")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("export", help="the model as ONNX or TorchScript, for serving")
     p.add_argument("run_dir", help="run directory or checkpoint file")

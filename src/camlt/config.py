@@ -99,6 +99,9 @@ class ModelConfig:
     # fan_in: kaiming normal (fan_in) on every conv and linear weight, as LDAM-DRW's CIFAR code
     init: str = "camlt"
     init_from: str | None = None  # a finished stage-1 run directory (with stage2.method)
+    # N > 1: N experts share every backbone stage but the last; each has its own last stage and
+    # head (camlt.models.experts), each its own loss (loss.name=balpoe | sade, or any loss)
+    experts: int = 1
 
 
 @dataclass
@@ -111,6 +114,10 @@ class LossConfig:
     drw_epoch: int | None = None  # deferred re-weighting from this 0-based epoch (None: off)
     drw_beta: float = 0.9999  # DRW: effective-number beta of the deferred weights
     posthoc_tau: float = 0.0  # test time: z - posthoc_tau * log prior (0: off)
+    # model.experts > 1: RIDE's diversity term, each expert's KL to the experts' mean at this
+    # temperature, subtracted with this weight (0: off; RIDE's CIFAR configs: 0.2)
+    diversity: float = 0.0
+    diversity_temperature: float = 1.0
 
 
 # Settings once kept flat beside the key that names their part, now under the part's name:
@@ -591,6 +598,15 @@ def validate(cfg: DictConfig) -> None:
         values = cfg.data[key]
         if values is not None and (not values or (key == "std" and min(values) <= 0)):
             raise ConfigError(f"data.{key}={list(values)}: one number a channel (std above 0)")
+    if not 1 <= cfg.model.experts <= MAX_EXPERTS:
+        raise ConfigError(
+            f"model.experts={cfg.model.experts}: must be 1 (one model) to {MAX_EXPERTS} experts"
+        )
+    if cfg.loss.diversity < 0 or cfg.loss.diversity_temperature <= 0:
+        raise ConfigError(
+            f"loss.diversity={cfg.loss.diversity} must be >= 0 and loss.diversity_temperature="
+            f"{cfg.loss.diversity_temperature} above 0"
+        )
     if cfg.data.val_per_class < 0:
         raise ConfigError(f"data.val_per_class={cfg.data.val_per_class}: must be >= 0 images")
     for key, value in positive.items():
@@ -605,6 +621,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_recipe_levers(cfg)
 
 
+MAX_EXPERTS = 8  # RIDE, SADE and BalPoE use 2 to 4; more is a mistake, not a method
 MAX_SEED = 2**32 - 1  # numpy's seed range; every generator of a run is derived from these
 
 

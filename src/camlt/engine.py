@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -264,7 +265,9 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         test_set=test_set,
         train_loader=train_loader,
         test_loader=test_loader,
-        criterion=build_loss(cfg.loss, counts, logit_scale(cfg.model)).to(device),
+        criterion=build_loss(cfg.loss, counts, logit_scale(cfg.model), cfg.model.experts).to(
+            device
+        ),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
@@ -497,19 +500,31 @@ def evaluate(run: Run, loader: object | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- entry points
-def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict:
+ValHook = Callable[[int, dict], None]  # (epoch, val metrics): a search's pruning (camlt.tune)
+
+
+def train(
+    cfg: DictConfig, run_dir: str | Path, resume: bool = False, on_val: ValHook | None = None
+) -> dict:
     """Train (or continue) the run in ``run_dir``; returns the final test metrics.
 
     Under torchrun every process trains its shard; only rank 0 touches the run directory.
+    ``on_val`` is told each val evaluation; an exception it raises stops the run there.
     """
     dist = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, Path(run_dir), resume, dist)
+        return _train(cfg, Path(run_dir), resume, dist, on_val)
     finally:
         distributed.cleanup(dist)
 
 
-def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistInfo) -> dict:
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    resume: bool,
+    dist: distributed.DistInfo,
+    on_val: ValHook | None = None,
+) -> dict:
     check_run(cfg)  # every name and data key, before the directory or any data file is touched
     main = dist.is_main  # rank 0 alone writes the directory; the others would see its first files
     for warning in warnings_of(cfg) if main else ():
@@ -528,7 +543,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool, dist: distributed.DistI
                 write_run_notes(run)
             resume_or_start(run, resume, main)
             distributed.barrier(dist)
-            return fit(run)
+            return fit(run, on_val)
     except BaseException:
         if main and fresh:
             abandon_fresh_dir(run_dir)  # a refused start leaves no folder behind
@@ -554,7 +569,7 @@ def selected_test_metrics(run: Run) -> dict:
     return {"epoch": state["epoch"], "test": evaluate(run)}
 
 
-def fit(run: Run) -> dict:
+def fit(run: Run, on_val: ValHook | None = None) -> dict:
     """Epochs from ``run.start_epoch``: train, evaluate, log a JSONL line, checkpoint."""
     epochs = run.cfg.train.epochs
     metrics: dict = {}
@@ -574,6 +589,8 @@ def fit(run: Run) -> dict:
         if last or (epoch + 1) % run.cfg.train.eval_every == 0:
             if run.val_loader is not None:
                 best_val = select_on_val(run, epoch, record, best_val)
+                if on_val is not None:
+                    on_val(epoch + 1, record["val"])
             metrics = evaluate(run)
             record["test"] = metrics
         if main:

@@ -183,6 +183,54 @@ class LDAMLoss(WeightedLoss):
         return F.cross_entropy(logits - shift, targets, reduction="none")
 
 
+class ExpertLosses(nn.Module):
+    """A multi-expert model's loss (camlt.models.experts): the sum of each expert's own loss,
+    each by its head's rule (``HeadOutput.loss``: CAMC's auxiliary term included), less RIDE's
+    diversity reward.
+
+    The diversity term is each expert's KL divergence from the experts' mean prediction at
+    temperature T, times T^2 (so its gradient keeps its size as T changes); subtracting it with
+    weight ``diversity`` pushes the experts apart (RIDE's CIFAR configs: 0.2, T = 1).
+    """
+
+    def __init__(
+        self, members: Sequence[nn.Module], diversity: float = 0.0, temperature: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.diversity = diversity
+        self.temperature = temperature
+
+    def set_epoch(self, epoch: int) -> None:
+        for member in self.members:
+            if hasattr(member, "set_epoch"):
+                member.set_epoch(epoch)
+
+    def experts_loss(self, outputs, targets, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if len(outputs) != len(self.members):
+            raise ValueError(f"{len(outputs)} experts' outputs for {len(self.members)} losses")
+        total = sum(
+            out.loss(targets, member, rows)
+            for out, member in zip(outputs, self.members, strict=True)
+        )
+        if self.diversity:
+            logits = [o.logits.float() if rows is None else o.logits.float()[rows] for o in outputs]
+            total = total - self.diversity * self.disagreement(logits)
+        return total
+
+    def disagreement(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """sum over experts of T^2 KL(mean prediction || expert's prediction), at temperature T."""
+        t = self.temperature
+        mean = F.softmax(torch.stack(logits).mean(0) / t, dim=1)
+        return sum(
+            t * t * F.kl_div(F.log_softmax(z / t, dim=1), mean, reduction="batchmean")
+            for z in logits
+        )
+
+    def forward(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+        raise TypeError("the experts' loss takes the experts' outputs: HeadOutput.loss")
+
+
 # ----------------------------------------------------------------------------- settings
 def _number(where: str, value: object, low: float, below: float | None = None) -> None:
     """A setting that must be a number >= ``low`` (and < ``below``, where given)."""
@@ -242,7 +290,58 @@ class LogitAdjustSettings:
         _number(f"{section}.tau", self.tau, 0)
 
 
+@dataclass
+class BalPoESettings:
+    """``loss.balpoe``: each expert's logit-adjustment strength tau (CE(z + tau log prior)),
+    one an expert; None: evenly spread from 0 (plain CE) to 2 (the inverse prior), as BalPoE.
+    Their mean must be 1: the product of the experts is then the balanced prediction."""
+
+    taus: list[float] | None = None
+
+    def check(self, section: str) -> None:
+        if self.taus is None:
+            return
+        for i, tau in enumerate(self.taus):
+            _number(f"{section}.taus[{i}]", tau, -10)
+        if not self.taus or abs(sum(self.taus) / len(self.taus) - 1) > 1e-6:
+            raise UsageError(
+                f"{section}.taus={list(self.taus)}: their mean must be 1, so that the experts "
+                "together predict the balanced posterior (BalPoE)"
+            )
+
+
+@dataclass
+class SADESettings:
+    """``loss.sade``: three experts for three test priors (SADE): forward (plain CE), uniform
+    (balanced softmax) and backward, CE(z + (1 + lambda) log prior), lambda 2 in the paper."""
+
+    backward_lambda: float = 2.0
+
+    @property
+    def taus(self) -> list[float]:
+        return [0.0, 1.0, 1.0 + self.backward_lambda]
+
+    def check(self, section: str) -> None:
+        _number(f"{section}.backward_lambda", self.backward_lambda, 0)
+
+
+EXPERT_LOSSES = ("balpoe", "sade")  # losses that train several experts: model.experts > 1
+
+
 # ----------------------------------------------------------------------------- the registry
+def _experts(taus: Sequence[float], cfg: DictConfig, counts: Sequence[int]) -> ExpertLosses:
+    """One logit-adjusted CE an expert, of the given strengths (BalPoE, SADE)."""
+    return _joined([PriorShiftedCE(counts, tau, **_drw(cfg, counts)) for tau in taus], cfg)
+
+
+def _joined(members: Sequence[nn.Module], cfg: DictConfig) -> ExpertLosses:
+    """The experts' losses joined, with the loss section's diversity term."""
+    diversity = OmegaConf.select(cfg, "diversity", default=0.0)
+    return ExpertLosses(
+        members, diversity, OmegaConf.select(cfg, "diversity_temperature", default=1.0)
+    )
+
+
 def _drw(cfg: DictConfig, counts: Sequence[int]) -> dict:
     """Deferred re-weighting: effective-number weights from ``loss.drw_epoch``, if set."""
     if cfg.drw_epoch is None:
@@ -276,19 +375,24 @@ LOSSES: Registry[LossFactory] = Registry(
             counts, 1.0, **_drw(cfg, counts)
         ),
         "logit_adjust": lambda st, cfg, counts: PriorShiftedCE(counts, st.tau, **_drw(cfg, counts)),
+        "balpoe": lambda st, cfg, counts: _experts(st.taus, cfg, counts),
+        "sade": lambda st, cfg, counts: _experts(st.taus, cfg, counts),
     },
     settings={
         "focal": FocalSettings,
         "cb": ClassBalancedSettings,
         "ldam": LDAMSettings,
         "logit_adjust": LogitAdjustSettings,
+        "balpoe": BalPoESettings,
+        "sade": SADESettings,
     },
 )
 
 
-def loss_settings(loss_cfg: DictConfig, logit_scale: float = 1.0):
-    """The named loss's settings, checked, with what depends on the head filled in (LDAM's scale:
-    ``logit_scale``, the head's s for a normalized or CAMC head, 1 for a linear one)."""
+def loss_settings(loss_cfg: DictConfig, logit_scale: float = 1.0, experts: int = 1):
+    """The named loss's settings, checked, with what depends on the model filled in (LDAM's
+    scale: ``logit_scale``, the head's s for a normalized or CAMC head, 1 for a linear one;
+    BalPoE's strengths: one for each of ``experts``)."""
     given = loss_cfg.get(loss_cfg.name)
     given = OmegaConf.to_container(given) if isinstance(given, DictConfig) else given
     if given is not None and not isinstance(given, dict):
@@ -296,13 +400,37 @@ def loss_settings(loss_cfg: DictConfig, logit_scale: float = 1.0):
     settings = LOSSES.settings(loss_cfg.name, given)
     if isinstance(settings, LDAMSettings) and settings.scale is None:
         settings.scale = float(logit_scale)
+    _fit_experts(loss_cfg.name, settings, experts)
     return settings
 
 
+def _fit_experts(name: str, settings: object, experts: int) -> None:
+    """An expert loss needs experts, one strength each; BalPoE's default strengths are spread
+    over the number of experts."""
+    if name in EXPERT_LOSSES and experts < 2:
+        raise UsageError(f"loss.name={name} trains several experts: set model.experts (e.g. 3)")
+    if isinstance(settings, BalPoESettings) and settings.taus is None:
+        settings.taus = [2 * i / (experts - 1) for i in range(experts)]
+    if isinstance(settings, BalPoESettings | SADESettings) and len(settings.taus) != experts:
+        raise UsageError(
+            f"loss.{name} gives {len(settings.taus)} experts' strengths ({settings.taus}) and "
+            f"model.experts={experts}"
+        )
+
+
 def build_loss(
-    loss_cfg: DictConfig, class_counts: Sequence[int], logit_scale: float = 1.0
+    loss_cfg: DictConfig,
+    class_counts: Sequence[int],
+    logit_scale: float = 1.0,
+    experts: int = 1,
 ) -> nn.Module:
     """The loss ``loss_cfg.name`` names, with its settings (``loss.<name>``); class counts
-    serve the re-weighting losses."""
+    serve the re-weighting losses. With several experts a single loss trains each expert (as
+    RIDE's LDAM-DRW), an expert loss (BalPoE, SADE) gives each its own."""
     factory = LOSSES.factory(loss_cfg.name)
-    return factory(loss_settings(loss_cfg, logit_scale), loss_cfg, class_counts)
+    settings = loss_settings(loss_cfg, logit_scale, experts)
+    loss = factory(settings, loss_cfg, class_counts)
+    if experts > 1 and not isinstance(loss, ExpertLosses):
+        members = [loss, *(factory(settings, loss_cfg, class_counts) for _ in range(experts - 1))]
+        loss = _joined(members, loss_cfg)
+    return loss

@@ -131,7 +131,7 @@ def check_settings(cfg: DictConfig) -> None:
         cfg.loss.name,
         loss_common,
         LOSSES,
-        lambda: loss_settings(cfg.loss, logit_scale(cfg.model)),
+        lambda: loss_settings(cfg.loss, logit_scale(cfg.model), cfg.model.experts),
     )
     model_common = [f.name for f in dataclasses.fields(ModelConfig)]
     check_sections(cfg.model, cfg.model.head, model_common, HEADS)
@@ -139,6 +139,28 @@ def check_settings(cfg: DictConfig) -> None:
     check_sections(cfg.stage2, cfg.stage2.method, stage2_common, ADAPTERS)
     train_common = [f.name for f in dataclasses.fields(TrainConfig)]
     check_sections(cfg.train, cfg.train.mix, train_common, MIX_FUNCTIONS)
+
+
+def check_experts(cfg: DictConfig) -> None:
+    """What a multi-expert model does not go with (yet): a second stage or partial fine-tuning
+    (both act on one backbone and one classifier), MaxNorm (one classifier's norms)."""
+    experts = cfg.model.experts
+    if experts == 1:
+        if cfg.loss.diversity:
+            raise ConfigError(
+                f"loss.diversity={cfg.loss.diversity}: a term between experts; set model.experts"
+            )
+        return
+    for key, value, alone in (
+        ("stage2.method", cfg.stage2.method, "none"),
+        ("model.finetune", cfg.model.finetune, "full"),
+        ("train.maxnorm", cfg.train.maxnorm, "off"),
+    ):
+        if value != alone:
+            raise ConfigError(
+                f"{key}={value} with model.experts={experts}: works on a single model's "
+                f"backbone and classifier; leave {key}={alone}, or model.experts=1"
+            )
 
 
 def check_combinations(cfg: DictConfig) -> None:
@@ -153,6 +175,7 @@ def check_combinations(cfg: DictConfig) -> None:
             f"model.finetune={cfg.model.finetune} with stage2.method={method}: stage 2 freezes "
             "the backbone itself; leave model.finetune=full"
         )
+    check_experts(cfg)
     if train.epochs < 1 and method not in TRAINS_NOTHING:
         raise ConfigError(
             f"train.epochs={train.epochs}: must be >= 1 (0 only for stage2.method="

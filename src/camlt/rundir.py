@@ -30,15 +30,17 @@ RUN_MARKER = ".camlt-run"  # written when camlt makes a directory its run: what 
 OUTPUT_MARKER = ".camlt-output"  # written into a folder report or cam made: theirs to write again
 CALIBRATION_FILE = "calibration.json"  # what ``camlt calibrate`` fitted (camlt.calibration)
 DATA_CHECK_FILE = "data_check.json"  # camlt.data.leaks' findings on the run's file data
+EXPERT_WEIGHTS_FILE = "expert_weights.json"  # what ``camlt adapt`` learned (camlt.adapt)
 # What training and calibration write: no --out of another command may write over them.
 RUN_FILES = (
     CHECKPOINT, CONFIG_FILE, METRICS_FILE, FINAL_FILE, BEST_CHECKPOINT, LABEL_MAP_FILE,
-    CALIBRATION_FILE, DATA_CHECK_FILE,
+    CALIBRATION_FILE, DATA_CHECK_FILE, EXPERT_WEIGHTS_FILE,
 )  # fmt: skip
 
 __all__ = [
     "BEST_CHECKPOINT",
     "CALIBRATION_FILE",
+    "EXPERT_WEIGHTS_FILE",
     "RUN_FILES",
     "RUN_MARKER",
     "check_owned",

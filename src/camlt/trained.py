@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from camlt import __version__, calibration
+from camlt import __version__, adapt, calibration
 from camlt.calibration import Calibration
 from camlt.checkpoint import CheckpointError, load_checkpoint
 from camlt.compat import EVAL_FREE_KEYS, weight_differences
@@ -28,10 +28,11 @@ from camlt.distributed import resolve_device
 from camlt.errors import UsageError
 from camlt.metrics import evaluate_predictions
 from camlt.models import LongTailClassifier, build_model
+from camlt.models.experts import ExpertHeads
 from camlt.preflight import check_settings
 from camlt.priors import adjust_logits, shifted_test_indices
 from camlt.registry import Describes
-from camlt.rundir import CONFIG_FILE, resolve, run_id, saved_config
+from camlt.rundir import CONFIG_FILE, EXPERT_WEIGHTS_FILE, resolve, run_id, saved_config
 from camlt.stage2 import adapt_model
 
 SPLITS = ("test", "val")
@@ -181,6 +182,7 @@ def open_run(
     fitted = calibration.load(run_dir)
     foreign = _foreign(run_dir, ckpt, state)
     warnings = [foreign] if foreign else []
+    warnings += _adapted(model, run_dir, epoch)
     if fitted is not None and fitted.fitted_on.get("epoch") not in (None, epoch):
         warnings.append(
             f"{run_dir / calibration.CALIBRATION_FILE} was fitted at epoch "
@@ -191,6 +193,23 @@ def open_run(
         model, cfg, classes, counts, spec, dev, ckpt, epoch, warnings, run_dir, fitted,
         foreign=foreign,
     )  # fmt: skip
+
+
+def _adapted(model: LongTailClassifier, run_dir: Path | None, epoch: int) -> list[str]:
+    """Load what ``camlt adapt`` learned into a multi-expert model; a warning if it was learned
+    for another epoch's weights."""
+    if not isinstance(model.head, ExpertHeads):
+        return []
+    learned = adapt.load(run_dir, len(model.head))
+    if learned is None:
+        return []
+    model.head.set_weights(torch.tensor(learned.weights))
+    if learned.fitted_on.get("epoch") in (None, epoch):
+        return []
+    return [
+        f"{run_dir / EXPERT_WEIGHTS_FILE} was learned at epoch {learned.fitted_on.get('epoch')}, "
+        f"the checkpoint is of epoch {epoch}: run camlt adapt again"
+    ]
 
 
 def _foreign(run_dir: Path, ckpt: Path, state: dict) -> str | None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlt.heads.base import MapsHead
+from camlt.heads.base import MapsHead, classifier_cam
 from camlt.metrics import frequency_thirds
 
 MAP_NAMES = ("raw_cam", "calibrated_cam", "correlation", "importance")
@@ -41,21 +41,6 @@ ALPHA = 0.5
 
 
 # ----------------------------------------------------------------------------- maps
-def classifier_cam(
-    head: nn.Module, fmap: torch.Tensor, classes: torch.Tensor
-) -> torch.Tensor | None:
-    """The raw CAM of a head without maps, (B, h, w) for each image's class; None if unknown."""
-    clf = getattr(head, "classifier", None)
-    fmap = fmap.float()
-    if isinstance(clf, nn.Linear):
-        weight = clf.weight.float()[classes]  # (B, C)
-        return torch.einsum("bchw,bc->bhw", fmap, weight)
-    if hasattr(clf, "unit_weight"):  # NormalizedClassifier: s cos(W, f0) = s/|f0| mean_u <F_u, ŵ>
-        weight = clf.unit_weight()[classes]
-        return torch.einsum("bchw,bc->bhw", fmap, weight)
-    return None
-
-
 @dataclass
 class MapResult:
     """Logits of a batch and the maps (B, h, w) for ``classes``; None marks a map the head lacks.

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as nnf
+from torch import nn
 
 
 @dataclass
@@ -19,6 +20,7 @@ class HeadOutput:
     aux_weight: float = 0.0
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = None  # the pooled feature the classifier saw
+    experts: list[HeadOutput] | None = None  # a multi-expert model's experts, each its own output
 
     def loss(
         self,
@@ -29,12 +31,41 @@ class HeadOutput:
         """The head's training loss, the one place its rule is written: the criterion on the
         logits plus, for a head with an auxiliary output (CAMC's z0), ``aux_weight`` times the
         criterion on that. ``rows`` takes the loss of some images of the batch only (their
-        ``targets`` given alone)."""
+        ``targets`` given alone). A multi-expert output's criterion is the experts' joint loss
+        (camlt.losses.ExpertLosses), which applies this rule to each expert with its own loss."""
+        if self.experts is not None:
+            if not isinstance(criterion, ExpertsCriterion):
+                raise TypeError("a multi-expert output needs the experts' loss (ExpertLosses)")
+            return criterion.experts_loss(self.experts, targets, rows)
         pick = (lambda t: t) if rows is None else (lambda t: t[rows])
         loss = criterion(pick(self.logits), targets)
         if self.aux_logits is not None and self.aux_weight:
             loss = loss + self.aux_weight * criterion(pick(self.aux_logits), targets)
         return loss
+
+
+def classifier_cam(
+    head: nn.Module, fmap: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor | None:
+    """The raw CAM of a head without maps, (B, h, w) for each image's class; None if unknown."""
+    clf = getattr(head, "classifier", None)
+    fmap = fmap.float()
+    if isinstance(clf, nn.Linear):
+        weight = clf.weight.float()[classes]  # (B, C)
+        return torch.einsum("bchw,bc->bhw", fmap, weight)
+    if hasattr(clf, "unit_weight"):  # NormalizedClassifier: s cos(W, f0) = s/|f0| mean_u <F_u, ŵ>
+        weight = clf.unit_weight()[classes]
+        return torch.einsum("bchw,bc->bhw", fmap, weight)
+    return None
+
+
+@runtime_checkable
+class ExpertsCriterion(Protocol):
+    """The loss of a multi-expert model: each expert's own loss, and what joins them."""
+
+    def experts_loss(
+        self, outputs: list[HeadOutput], targets, rows: torch.Tensor | None
+    ) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ from torch import nn
 
 from camlt.heads import HeadOutput, build_head
 from camlt.models import cifar_resnet, torchvision_backbones  # noqa: F401  (registration)
+from camlt.models.experts import ExpertHeads, split_backbone
 from camlt.models.registry import create_backbone, list_backbones, register_backbone
 
 __all__ = [
@@ -36,11 +37,23 @@ class LongTailClassifier(nn.Module):
 def build_model(
     model_cfg: DictConfig, num_classes: int, in_channels: int, class_counts: Sequence[int]
 ) -> LongTailClassifier:
-    backbone = create_backbone(
-        model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained
-    )
-    head = build_head(backbone.out_channels, num_classes, model_cfg, class_counts)
-    model = LongTailClassifier(backbone, head)
+    """The backbone and head the model section names; with ``model.experts`` N > 1, a shared
+    trunk and N experts (camlt.models.experts), each from a backbone of its own random start."""
+    experts = OmegaConf.select(model_cfg, "experts", default=1)
+    backbones = [
+        create_backbone(
+            model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained
+        )
+        for _ in range(experts)
+    ]
+    heads = [build_head(b.out_channels, num_classes, model_cfg, class_counts) for b in backbones]
+    if experts == 1:
+        model = LongTailClassifier(backbones[0], heads[0])
+    else:
+        parts = [split_backbone(b) for b in backbones]
+        trunk = parts[0][0]
+        trunk.pretrained_note = getattr(backbones[0], "pretrained_note", None)
+        model = LongTailClassifier(trunk, ExpertHeads([last for _, last in parts], heads))
     if OmegaConf.select(model_cfg, "init", default="camlt") == "fan_in":
         reference_init(model)
     return model

@@ -68,6 +68,12 @@ class CifarResNet(nn.Module):
         n, blocks = self.blocks_per_stage, list(self.layers)
         return [nn.Sequential(*blocks[i : i + n]) for i in range(0, len(blocks), n)]
 
+    def split(self) -> tuple[nn.Sequential, nn.Module, int]:
+        """(the stem and every stage but the last, the last stage, how many stages the first
+        holds): the shared trunk and one expert's part (model.experts)."""
+        *shared, last = self.stages()
+        return nn.Sequential(self.conv1, self.bn1, nn.ReLU(), *shared), last, len(shared)
+
 
 def _cifar(depth: int):
     def factory(in_channels: int = 3, pretrained: str | None = None) -> CifarResNet:

@@ -53,6 +53,20 @@ class TimmFeatures(nn.Module):
         after = (getattr(self.net, "conv_head", None), getattr(self.net, "bn2", None))
         return [m for m in after if m is not None]
 
+    def split(self) -> tuple[nn.Sequential, nn.Module, int]:
+        """(the stem and every stage but the last, the last stage and what follows it, how many
+        stages the first holds): the trunk and an expert's part (model.experts). Known for the
+        EfficientNet / MobileNet family (stem, blocks, head conv) and ResNets (stem, layer1..4)."""
+        net, shared = self.net, self.stages()[:-1]
+        if hasattr(net, "blocks") and hasattr(net, "conv_stem"):
+            stem = [net.conv_stem, net.bn1]
+        elif hasattr(net, "layer4"):
+            stem = [net.conv1, net.bn1, net.act1, net.maxpool]
+        else:
+            raise UsageError(f"model.experts: camlt does not know {type(net).__name__}'s stem")
+        last = nn.Sequential(self.stages()[-1], *self.after_stages())
+        return nn.Sequential(*stem, *shared), last, len(shared)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.net.forward_features(x)
         if features.dim() != 4:

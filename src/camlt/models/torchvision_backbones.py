@@ -50,6 +50,10 @@ class TorchvisionFeatures(nn.Module):
         """layer1 .. layer4 (model.finetune=last:N)."""
         return list(self.body)[4:]
 
+    def split(self) -> tuple[nn.Sequential, nn.Module, int]:
+        """(stem and layer1 .. layer3, layer4, 3): the trunk and an expert's part (model.experts)."""
+        return nn.Sequential(*list(self.body)[:-1]), self.body[-1], 3
+
 
 for _name in TORCHVISION_NAMES:
     register_backbone(_name)(lambda name=_name, **kw: TorchvisionFeatures(name, **kw))
