@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_config
 
 from camlt import engine
+from camlt.checkpoint import load_checkpoint
 from camlt.config import ConfigError
 from camlt.errors import UsageError
 from camlt.preflight import check_run
@@ -76,3 +77,24 @@ def test_bad_settings_are_refused_by_key(fmnist_root, tmp_path, overrides, messa
 def test_more_stages_than_the_backbone_has_are_refused(fmnist_root, tmp_path):
     with pytest.raises(UsageError, match="last:4: the backbone has 3 stages"):
         engine.build_run(tiny_config(fmnist_root, tmp_path, "model.finetune=last:4"), tmp_path)
+
+
+def test_a_cached_probe_trains_the_head_alone_and_eval_repeats_its_numbers(
+    fmnist_root, tmp_path, capsys
+):
+    """model.finetune=probe computes the features once; the run's test numbers are camlt eval's,
+    which runs the whole model on the images."""
+    from camlt.trained import evaluate_run
+
+    extra = ("model.finetune=probe", "model.head=linear", "data.val_per_class=5", "data.n_max=20")
+    cached = engine.train(tiny_config(fmnist_root, tmp_path / "c", *extra), tmp_path / "c")
+    assert "features of 78 training images" in capsys.readouterr().out  # n_max 20, IF 10
+    evaluated, _ = evaluate_run(tmp_path / "c")
+    assert evaluated["per_class"] == cached["per_class"]
+    assert evaluated["overall"] == pytest.approx(cached["overall"])
+    plain = tiny_config(fmnist_root, tmp_path / "p", *extra, "train.probe_cache=false")
+    engine.train(plain, tmp_path / "p")
+    a = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "p" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone."))  # frozen alike
+    assert not torch.equal(a["head.classifier.weight"], b["head.classifier.weight"])  # no augment

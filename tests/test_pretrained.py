@@ -121,3 +121,32 @@ def test_the_own_data_recipes_train_on_a_folder(tmp_path, lite0_file, recipe):
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.train.schedule == "cosine" and saved.loss.name == "balanced_softmax"
     assert (tmp_path / "run" / "best.pt").is_file()  # the val split selected a checkpoint
+
+
+def test_model_input_size_reaches_the_backbone_in_training_eval_maps_and_export(
+    fmnist_root, tmp_path
+):
+    """A 32-pixel grey image reaches the backbone at model.input_size, whoever calls the model."""
+    from camlt.trained import open_run
+    from camlt.viz import compute_maps
+
+    cfg = tiny_config(fmnist_root, tmp_path / "run", "train.epochs=1", "model.input_size=48")
+    engine.train(cfg, tmp_path / "run")
+    loaded = open_run(tmp_path / "run", device="cpu")
+    seen = []
+    loaded.model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    loaded.logits(images)
+    x = torch.randn(2, 1, 32, 32)
+    maps = compute_maps(loaded.model, x).maps["raw_cam"]
+    assert seen == [(2, 1, 48, 48)] * 2 and maps.shape == (2, 12, 12)  # resnet8: side / 4
+    ort = pytest.importorskip("onnxruntime")
+    from camlt.export import export
+
+    export(loaded, tmp_path / "m.onnx", "onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    probs = session.run(["probabilities"], {"images": x.numpy()})[0]
+    expected = loaded.adjust(loaded.model(x).logits.detach()).softmax(1).numpy()
+    assert abs(probs - expected).max() < 1e-4
+    with pytest.raises(ConfigError, match="model.input_size=4"):
+        tiny_config(fmnist_root, tmp_path / "bad", "model.input_size=4")

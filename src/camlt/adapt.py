@@ -71,7 +71,7 @@ def view_log_probs(
         pad = max(1, batch.shape[-1] // 8)
         for view in views:
             x = normalise(random_crop_flip(batch, pad, generator)).to(device)
-            outputs = experts.expert_outputs(model.backbone(x))
+            outputs = experts.expert_outputs(model.features(x))
             view.append(torch.stack([F.log_softmax(o.logits.float(), 1).cpu() for o in outputs]))
     if not views[0]:
         raise UsageError("camlt adapt: no image to learn the experts' weights from")

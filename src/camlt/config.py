@@ -102,6 +102,9 @@ class ModelConfig:
     # N > 1: N experts share every backbone stage but the last; each has its own last stage and
     # head (camlt.models.experts), each its own loss (loss.name=balpoe | sade, or any loss)
     experts: int = 1
+    # resize every input to this side inside the model (pretrained backbones: the size of their
+    # pretraining, 224 for ImageNet weights; None: the data's own size)
+    input_size: int | None = None
 
 
 @dataclass
@@ -196,6 +199,9 @@ class TrainConfig:
     compile: str = "off"
     deterministic: bool = True
     threads: int = 0  # CPU threads; 0 leaves torch's default
+    # model.finetune=probe: the frozen backbone's features computed once (training images without
+    # augmentation) and the head trained on them (camlt.probe); false runs the backbone each step
+    probe_cache: bool = True
     # batch mixing (camlt.mixing): none | mixup | cutmix | remix, l ~ Beta(mix_alpha, mix_alpha);
     # a mix's own settings under its name (train.remix.kappa)
     mix: str = "none"
@@ -602,6 +608,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.experts={cfg.model.experts}: must be 1 (one model) to {MAX_EXPERTS} experts"
         )
+    size = cfg.model.input_size
+    if size is not None and not 8 <= size <= 1024:
+        raise ConfigError(f"model.input_size={size}: a side of 8 to 1024 pixels, or null")
     if cfg.loss.diversity < 0 or cfg.loss.diversity_temperature <= 0:
         raise ConfigError(
             f"loss.diversity={cfg.loss.diversity} must be >= 0 and loss.diversity_temperature="

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from camlt import distributed
+from camlt import distributed, probe
 from camlt.checkpoint import (
     RunLock,
     append_jsonl,
@@ -35,6 +35,7 @@ from camlt.checkpoint import (
     save_checkpoint,
 )
 from camlt.data import BatchLoader, TensorImageSet, build_loaders
+from camlt.data.loaders import unaugmented_train_loader
 from camlt.data.samplers import build_sampler
 from camlt.distributed import resolve_device
 from camlt.errors import UsageError, UserError
@@ -203,6 +204,7 @@ class Run:
     data_check: dict | None = None  # camlt.data.leaks' findings (file data)
     finetune: FineTune | None = None  # model.finetune other than full: which weights train
     run_id: str | None = None  # the run directory's marker's: ties a checkpoint to its run
+    head_only: torch.nn.Module | None = None  # a cached probe's steps (camlt.probe)
 
     @property
     def train_counts(self) -> list[int]:
@@ -248,11 +250,20 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     model = model.to(device, memory_format=memory)
     model = distributed.sync_batchnorm(model, dist, cfg.train.sync_bn, device)
     tuning = fine_tuning(cfg, model, dist)
-    train_loader, test_loader = data.train, data.test
+    train_loader, val_loader, test_loader = data.train, data.val, data.test
+    dtype = amp_dtype(cfg.train.amp, device)
+    head_only = None
+    if probe.uses_cache(cfg, dist.world):
+        tuning.set_epoch(0)  # the backbone frozen, its batch norms in eval mode
+        plain = unaugmented_train_loader(cfg, data, device)
+        sampler = getattr(data.train, "sampler", None)
+        train_loader, val_loader, test_loader = probe.cached_loaders(
+            cfg, model, plain, data.val, data.test, sampler, device, dtype
+        )
+        head_only = probe.HeadOnly(model)
     optimizer = build_optimizer(model, cfg.train)
     for group in optimizer.param_groups:  # train.lr_scaling (distributed.effective_lr)
         group["lr"] *= distributed.effective_lr(cfg.train) / cfg.train.lr
-    dtype = amp_dtype(cfg.train.amp, device)
     if tuning is not None:
         tuning.set_epoch(0)
     ddp = distributed.wrap(model, dist, device)
@@ -272,7 +283,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         scheduler=build_scheduler(optimizer, cfg.train, len(train_loader)),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
-        val_loader=data.val,
+        val_loader=val_loader,
         dist=dist,
         ddp=ddp,
         compiled=compile_for_training(ddp or model, cfg.train.compile),
@@ -283,6 +294,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         maxnorm=build_maxnorm(model.head, cfg.train.maxnorm, cfg.train.maxnorm_threshold),
         sam=build_sam(model, cfg.train, dtype),
         sam_tail=sam_tail(cfg.train, counts, device, dist.world),
+        head_only=head_only,
     )
 
 
@@ -354,8 +366,9 @@ def autocast(run: Run):
 
 
 def step_module(run: Run) -> torch.nn.Module:
-    """What a training step calls: the compiled module, else the DDP wrapper, else the model."""
-    for module in (run.compiled, run.ddp):
+    """What a training step calls: the head alone on cached features (a probe), else the
+    compiled module, else the DDP wrapper, else the model."""
+    for module in (run.head_only, run.compiled, run.ddp):
         if module is not None:  # not ``or``: a compiled module refuses bool() (len)
             return module
     return run.model
@@ -487,7 +500,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 def evaluate(run: Run, loader: object | None = None) -> dict:
     """Metrics on the test split (or ``loader``), gathered over every process."""
-    logits, labels = loader_logits(run.model, loader or run.test_loader, run.device, run.dtype)
+    model = run.head_only or run.model  # a cached probe's loaders hold feature maps
+    logits, labels = loader_logits(model, loader or run.test_loader, run.device, run.dtype)
     logits, labels = (
         distributed.gather_cat(logits, run.dist),
         distributed.gather_cat(labels, run.dist),

@@ -298,7 +298,7 @@ def choose_tau(run) -> float:
     run.model.eval()
     feats, labels = [], []
     for images, y in loader:
-        feats.append(run.model.backbone(images.to(run.device)).float().mean(dim=(2, 3)).cpu())
+        feats.append(run.model.features(images.to(run.device)).float().mean(dim=(2, 3)).cpu())
         labels.append(y)
     features, targets = torch.cat(feats), torch.cat(labels)
     if getattr(run, "dist", None) is not None:  # under torchrun: every process's shard

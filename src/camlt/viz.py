@@ -80,7 +80,7 @@ def compute_maps(
     was_training = model.training
     model.eval()
     try:
-        fmap = model.backbone(images)
+        fmap = model.features(images)
         logits = model.head(fmap).logits.float()
         logits = adjust(logits) if adjust else logits
         classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,23 @@ class Loaders:
     @property
     def train_counts(self) -> list[int]:
         return self.train_set.class_counts()
+
+
+def unaugmented_train_loader(cfg: DictConfig, data: Loaders, device) -> Loader:
+    """The training images once each, in order, as evaluation sees them (no augmentation): what
+    a linear probe's cached features are computed from (camlt.probe)."""
+    batch = max(256, cfg.train.batch_size)
+    cl = cfg.train.channels_last
+    if isinstance(data.train_set, TensorImageSet):
+        return BatchLoader(data.train_set, batch, False, channels_last=cl)
+    plain = imagenet_transform(AugmentSettings(()), cfg.data.image_size, cfg.data.resize_size)
+    options = LoaderOptions(
+        cfg.train.workers, False, cfg.train.pin_memory, cfg.train.prefetch_factor
+    )
+    return FileLoader(
+        dataclasses.replace(data.train_set, transform=plain), batch, False,
+        channels_last=cl, options=options, device=device,
+    )  # fmt: skip
 
 
 def is_file_dataset(cfg: DictConfig) -> bool:
