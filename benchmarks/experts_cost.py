@@ -101,7 +101,7 @@ def measure(backbone: str, size: int, classes: int, batch: int, rounds: int, dev
     }
 
 
-def render(rows: list[dict], where: str, threads: int) -> str:
+def render(rows: list[dict], where: str, threads: int, note: str = "") -> str:
     lines = [
         f"**What {EXPERTS} experts cost over one model** (normalized heads, fp32; experts: the "
         "stem and every stage but the last shared, the last stage and a head each)",
@@ -124,7 +124,8 @@ def render(rows: list[dict], where: str, threads: int) -> str:
         f"Machine: {where}; {threads} thread(s); torch {torch.__version__}; one warm-up step "
         "each, then the timed rounds (one step of each model, the order alternating). FLOPs: "
         "torch's FlopCounterMode (convolutions and matmuls) of one image's forward pass. Step: "
-        "forward, loss (balanced softmax; BalPoE's three), backward, SGD step.",
+        "forward, loss (balanced softmax; BalPoE's three), backward, SGD step."
+        + (f" {note}" if note else ""),
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,16 +137,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument(
+        "--backbones", nargs="+", default=["resnet32", "resnet50"], help="which rows to measure"
+    )
+    parser.add_argument("--note", default="", help="what else ran on the machine, for the footer")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
     for backbone, size, classes, batch, which in SETTINGS:
+        if backbone not in args.backbones:
+            continue
         print(f"measuring {backbone} at {size}x{size}, K={classes} ...", flush=True)
         rows.append(measure(backbone, size, classes, batch, args.rounds[which], device))
     where = machine()
-    text = render(rows, where, args.threads)
-    publish("experts_cost", {"machine": where, "threads": args.threads, "rows": rows}, text)
+    text = render(rows, where, args.threads, args.note)
+    result = {"machine": where, "threads": args.threads, "note": args.note, "rows": rows}
+    publish("experts_cost", result, text)
     print(text)
 
 

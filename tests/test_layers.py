@@ -38,6 +38,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
             "camlt.adapt",
             "camlt.preflight",
             "camlt.finetune",
+            "camlt.probe",
         )
     },
     # a trained run opened and evaluated: shared by training's evaluation and every reader of a run

@@ -88,7 +88,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet32"
     head: str = (
-        "normalized"  # linear | normalized | camc; a head's settings under its name (model.camc)
+        "normalized"  # linear | normalized | camc | proco; its settings under its name (model.camc)
     )
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False

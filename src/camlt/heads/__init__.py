@@ -15,6 +15,7 @@ from camlt.heads.base import HeadOutput
 from camlt.heads.camc import CAMCHead, CAMCSettings
 from camlt.heads.linear import LinearHead
 from camlt.heads.normalized import NormalizedClassifier, NormalizedHead
+from camlt.heads.proco import ProCoHead, ProCoSettings
 from camlt.heads.registry import HEADS
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "LinearHead",
     "NormalizedClassifier",
     "NormalizedHead",
+    "ProCoHead",
+    "ProCoSettings",
     "build_head",
     "logit_scale",
 ]

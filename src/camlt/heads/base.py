@@ -59,6 +59,24 @@ def classifier_cam(
     return None
 
 
+def whole_batch(*parts: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor gathered over every process under torch.distributed (equal batch sizes).
+
+    Every rank then makes the same update of a head's running statistics (CAMC's prototypes,
+    ProCo's class means) from the whole global batch, as one process would; otherwise DDP's
+    buffer broadcast would keep rank 0's update alone.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(parts)
+    out = []
+    for t in parts:
+        pieces = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, t.contiguous())
+        out.append(torch.cat(pieces))
+    return out
+
+
 @runtime_checkable
 class ExpertsCriterion(Protocol):
     """The loss of a multi-expert model: each expert's own loss, and what joins them."""

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from camlt.errors import UsageError
-from camlt.heads.base import HeadOutput
+from camlt.heads.base import HeadOutput, whole_batch
 from camlt.heads.normalized import NormalizedClassifier
 from camlt.heads.registry import HEADS
 
@@ -343,7 +343,7 @@ class CAMCHead(nn.Module):
         Fixed shapes (a membership matmul, not ``unique``): deterministic, no host sync, and no
         compile break.
         """
-        g_hat, targets = _whole_batch(nnf.normalize(g.detach().float(), dim=1), targets)
+        g_hat, targets = whole_batch(nnf.normalize(g.detach().float(), dim=1), targets)
         classes = torch.arange(self.P.shape[0], device=targets.device)
         member = (classes[:, None] == targets[None, :]).float()  # (K, B)
         count = member.sum(1, keepdim=True)
@@ -366,23 +366,6 @@ class CAMCHead(nn.Module):
         raw = torch.einsum("bc,bcu->bu", w_raw, F_u)
         maps = {"raw_cam": raw, "calibrated_cam": m, "correlation": r, "importance": a}
         return {name: t.detach().reshape(B, H, Wd) for name, t in maps.items()}
-
-
-def _whole_batch(*parts: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor gathered over every process under torch.distributed (equal batch sizes).
-
-    Every rank then makes the same prototype update from the whole global batch, as one process
-    would; otherwise DDP's buffer broadcast would keep rank 0's update alone.
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(parts)
-    out = []
-    for t in parts:
-        pieces = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(pieces, t.contiguous())
-        out.append(torch.cat(pieces))
-    return out
 
 
 def _rows_times(M: torch.Tensor, idx: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:
