@@ -80,6 +80,7 @@ FIRST = [
     *recipes.FIRST,
     *clutter.FIRST,
     *(row.name for row in subsets.ROWS),  # the subset's share of the spread (issue 33)
+    *(row.name for row in families.ROWS),  # experts and contrastive learning (issue 34)
 ]
 
 

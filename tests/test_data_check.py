@@ -74,7 +74,9 @@ def test_inat_sized_split_file_is_fast(tmp_path, n):
     start = time.perf_counter()
     report = check(path)
     assert report["num_images"] == n and report["num_classes"] == 8142
-    assert time.perf_counter() - start < 30  # the issue asks for under a minute
+    # the issue asks for under a minute; on a 2-core EPYC it took 32 s beside two training runs
+    # and 46 s beside them and the rest of the suite, so a tighter bound would fail by load alone
+    assert time.perf_counter() - start < 60
 
 
 def test_a_csv_is_checked_against_the_files_beside_it_as_training_reads_it(tmp_path):
