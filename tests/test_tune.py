@@ -117,3 +117,13 @@ def test_a_pruned_trial_stops_at_its_first_val_evaluation(fmnist_root, tmp_path,
     assert not Path(trial.user_attrs["run_dir"]).exists()  # its unfinished run is taken back
     with pytest.raises(UsageError, match="no trial of the search has finished"):
         tune.write_outcome(study, out, space)
+
+
+def test_workers_as_submitit_jobs_share_one_search(fmnist_root, tmp_path):
+    """--cluster local: two submitit jobs (processes), one trial each, one study in tune.db."""
+    out = tmp_path / "jobs"
+    args = tune_args(fmnist_root, out, "--trials", "2", "--workers", "2", "--cluster", "local")
+    assert cli.main([*args, "--no-prune"]) == 0
+    study = optuna.load_study(study_name="camlt", storage=f"sqlite:///{out / 'tune.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
+    assert (out / "best.yaml").is_file() and any((out / "jobs").iterdir())
