@@ -310,6 +310,9 @@ def fill_queue(
     begin = time.time()
     if threads is None:  # local runs share this machine's cores
         threads = int(max(1, (os.cpu_count() or 1) // jobs))
+    given = [o for o in extra if o.startswith("train.threads=")]
+    if given and int(given[-1].split("=", 1)[1]) > 0:  # an override the runs train with
+        threads = int(given[-1].split("=", 1)[1])
     ex = ex or cluster.executor("local", runs_dir / "submitit", cluster.Resources())
     done = {key for kept in results.values() for key in kept}
     outcome: dict[str, list[str]] = {"finished": [], "failed": [], "skipped": [], "stopped": []}
