@@ -39,6 +39,20 @@ def batches(images: torch.Tensor):
         yield images[start : start + BATCH]
 
 
+@torch.no_grad()
+def expert_log_probs(loaded, images: torch.Tensor) -> torch.Tensor:
+    """Each expert's log-probabilities (experts, N, K) of uint8 images: one pass serves every
+    weighting (the joint prediction is their weighted sum)."""
+    experts = adapt.experts_of(loaded.model)
+    loaded.model.eval()
+    out = []
+    for batch in batches(images):
+        x = normalise(batch, loaded.spec).to(loaded.device)
+        outputs = experts.expert_outputs(loaded.model.features(x))
+        out.append(torch.stack([o.logits.float().log_softmax(1).cpu() for o in outputs]))
+    return torch.cat(out, dim=1)
+
+
 def rows_of(name: str, run_dir: Path) -> dict[str, dict[str, float]]:
     """Top-1 (%) on every shifted test set, and the weights test-time aggregation learned."""
     loaded = open_run(run_dir, device="cpu")
@@ -48,26 +62,25 @@ def rows_of(name: str, run_dir: Path) -> dict[str, dict[str, float]]:
     images, labels = test.images, test.labels
     equal = torch.full((len(experts),), 1.0 / len(experts))
     spec = loaded.spec
+    every = expert_log_probs(loaded, images)  # the unaugmented test images, once
     rows: dict[str, dict] = {f"{name}, equal weights": {}, f"{name}, adapted": {}}
     rows[f"{name}, equal weights + known test prior"] = {}
     weights: dict[str, list[float]] = {}
     for prior in TEST_PRIORS:
         keep = torch.from_numpy(shifted_test_indices(prior, labels, loaded.train_counts))
-        shown, truth = images[keep], labels[keep]
-        experts.set_weights(equal)
-        plain = evaluate(loaded, loaded.raw_logits(shown), truth, None)
+        truth, own = labels[keep], every[:, keep]
+        plain = torch.einsum("e,enk->nk", equal, own)
         counts = torch.bincount(truth, minlength=len(loaded.classes)).double()
-        known = loaded.adjust(loaded.raw_logits(shown), counts / counts.sum())
-        known_top1 = (known.argmax(1) == truth).double().mean().item()
+        known = loaded.adjust(plain, counts / counts.sum())
         log_probs = adapt.view_log_probs(
-            loaded.model, batches(shown), lambda b: normalise(b, spec), loaded.device
+            loaded.model, batches(images[keep]), lambda b: normalise(b, spec), loaded.device
         )
         learned, _, _ = adapt.fit_weights(log_probs)
-        experts.set_weights(learned)
-        adapted = evaluate(loaded, loaded.raw_logits(shown), truth, None)
-        rows[f"{name}, equal weights"][prior] = 100 * plain["overall"]
-        rows[f"{name}, adapted"][prior] = 100 * adapted["overall"]
-        rows[f"{name}, equal weights + known test prior"][prior] = 100 * known_top1
+        adapted = torch.einsum("e,enk->nk", learned, own)
+        rows[f"{name}, equal weights"][prior] = 100 * evaluate(loaded, plain, truth)["overall"]
+        rows[f"{name}, adapted"][prior] = 100 * evaluate(loaded, adapted, truth)["overall"]
+        top1 = (known.argmax(1) == truth).double().mean().item()
+        rows[f"{name}, equal weights + known test prior"][prior] = 100 * top1
         weights[prior] = [round(w, 3) for w in learned.tolist()]
     return {"rows": rows, "weights": weights}
 
