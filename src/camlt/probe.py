@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from camlt.data.tensors import Sampler
+from camlt.data.tensors import Sampler, epoch_order
 
 
 def uses_cache(cfg: DictConfig, world: int) -> bool:
@@ -82,13 +82,7 @@ class FeatureLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.labels)
-        if not self.train:
-            idx = torch.arange(n)
-        elif self.sampler is not None:
-            idx = self.sampler(self.epoch, generator)
-        else:
-            idx = torch.randperm(n, generator=generator)
+        idx = epoch_order(len(self.labels), self.train, self.epoch, generator, self.sampler)
         stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
         for start in range(0, stop, self.batch_size):
             sel = idx[start : start + self.batch_size]

@@ -63,6 +63,18 @@ def random_crop_flip(batch: torch.Tensor, pad: int, generator: torch.Generator) 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
+def epoch_order(
+    n: int, train: bool, epoch: int, generator: torch.Generator, sampler: Sampler | None = None
+) -> torch.Tensor:
+    """The indices an epoch visits: in order for evaluation, else the sampler's draw or a
+    shuffle, both from ``generator`` (seeded by seed and epoch: a resumed run sees the same)."""
+    if not train:
+        return torch.arange(n)
+    if sampler is not None:
+        return sampler(epoch, generator)
+    return torch.randperm(n, generator=generator)
+
+
 class BatchLoader:
     """Iterates (images, labels) batches of a TensorImageSet: float, normalised, optionally augmented.
 
@@ -97,13 +109,7 @@ class BatchLoader:
         self.epoch = epoch
 
     def _indices(self, generator: torch.Generator) -> torch.Tensor:
-        n = len(self.data)
-        if not self.train:
-            idx = torch.arange(n)
-        elif self.sampler is not None:
-            idx = self.sampler(self.epoch, generator)
-        else:
-            idx = torch.randperm(n, generator=generator)
+        idx = epoch_order(len(self.data), self.train, self.epoch, generator, self.sampler)
         rank, world = self.shard
         if world > 1:  # training pads to equal shards; evaluation counts every image once
             per = -(-len(idx) // world)
