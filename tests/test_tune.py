@@ -95,11 +95,25 @@ def test_a_search_keeps_its_trials_continues_and_writes_the_best_recipe(
     with open(out / "trials.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["state"] for r in rows] == ["complete"] * 3
+    # trial 0 is the recipe as given (once, though the search was continued), marked in the table
+    assert study.trials[0].params == {"model.scale": 16.0, "loss.logit_adjust.tau": 1.0}
+    assert [r["recipe"] for r in rows] == ["yes", "", ""]
     assert (out / "search.png").stat().st_size > 0
     # the score is the val split's balanced accuracy at the last epoch, never the test split's
     trial_dir = Path(best.user_attrs["run_dir"])
     last = [yaml.safe_load(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
     assert best.value == pytest.approx(last[-1]["val"]["balanced_accuracy"])
+
+
+def test_the_recipe_is_tried_only_when_its_values_lie_in_the_space(fmnist_root, tmp_path):
+    args = tune_args(fmnist_root, tmp_path)[2:-5]  # the overrides
+    inside = tune.parse_space(["model.scale=4:32:log", "loss.logit_adjust.tau=0.5,1.0"])
+    values = tune.recipe_values(RECIPE, args, inside)
+    assert values == {"model.scale": 16.0, "loss.logit_adjust.tau": 1.0}
+    outside = tune.parse_space(["model.scale=20:64", "loss.logit_adjust.tau=0.5,1.0"])
+    assert tune.recipe_values(RECIPE, args, outside) is None
+    assert not tune.Dimension("train.epochs", 1, 3, integer=True).contains(2.5)
+    assert not tune.Dimension("model.scale", 1, 3).contains(True)
 
 
 def test_a_pruned_trial_stops_at_its_first_val_evaluation(fmnist_root, tmp_path, monkeypatch):

@@ -73,7 +73,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space = tune.parse_space(args.space)
     tune.check_search(recipe, args.overrides, space)
     out.mkdir(parents=True, exist_ok=True)
-    tune.open_study(out, args.study, args.seed, not args.no_prune)  # created before any worker
+    study = tune.open_study(out, args.study, args.seed, not args.no_prune)  # before any worker
+    if tune.enqueue_recipe(study, recipe, args.overrides, space) is None:
+        print("the recipe's own values lie outside --space: not tried as a trial")
     workers = max(1, args.workers)
     shares = [args.trials // workers + (i < args.trials % workers) for i in range(workers)]
     jobs = [
@@ -101,6 +103,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"trial {top.number}, val {tune.METRIC} {100 * top.value:.2f}, "
         + ", ".join(f"{k}={v}" for k, v in top.params.items())
     )
+    own = [t for t in done if t.user_attrs.get("recipe")]
+    if own:
+        print(
+            f"the recipe as given: trial {own[0].number}, val {tune.METRIC} {100 * own[0].value:.2f}"
+        )
     print(f"wrote {best} (camlt train {best}), {out / tune.TRIALS_FILE}, {out / tune.FIGURE_FILE}")
     return 0
 

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from camlt.checkpoint import atomic_write_text
 from camlt.config import ConfigError, load_config, to_yaml
 from camlt.errors import UsageError
+from camlt.losses import loss_settings
 from camlt.preflight import check_run
 from camlt.rundir import RUN_MARKER
 from camlt.viz import plain_text
@@ -61,6 +62,16 @@ class Dimension:
         if self.integer:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this dimension (a recipe's own value may not be)."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and value != int(value):
+            return False
+        return self.low <= value <= self.high
 
     def example(self) -> Any:
         """A value of the space, to check that the key takes it before any trial runs."""
@@ -209,6 +220,35 @@ def open_study(out: Path, name: str, seed: int, prune: bool):
     )
 
 
+def effective_value(cfg: DictConfig, key: str) -> Any:
+    """A key's value in a run of ``cfg``: a loss's setting left out of the recipe is its
+    default (``loss.logit_adjust.tau`` is 1 unless the recipe says otherwise)."""
+    value = OmegaConf.select(cfg, key)
+    prefix = f"loss.{cfg.loss.name}."
+    if value is None and key.startswith(prefix) and "." not in key[len(prefix) :]:
+        value = getattr(loss_settings(cfg.loss), key[len(prefix) :], None)
+    return value
+
+
+def recipe_values(
+    recipe: Path, overrides: Sequence[str], space: Sequence[Dimension]
+) -> dict[str, Any] | None:
+    """The recipe's own values of the searched keys, when every one lies in the space."""
+    cfg = load_config(recipe, list(overrides))
+    values = {d.key: effective_value(cfg, d.key) for d in space}
+    inside = all(d.contains(values[d.key]) for d in space)
+    return values if inside else None
+
+
+def enqueue_recipe(study, recipe: Path, overrides: Sequence[str], space: Sequence[Dimension]):
+    """A new search's first trial is the recipe as given, so the table says whether the search
+    beat it (on the val split); a recipe value outside the space is not tried. Returns it."""
+    values = recipe_values(recipe, overrides, space)
+    if values is not None and not study.trials:
+        study.enqueue_trial(values, user_attrs={"recipe": True})
+    return values
+
+
 @dataclass
 class Worker:
     """Trials of one search in one process: here, or as a submitit job (``--cluster``)."""
@@ -256,12 +296,13 @@ def write_trials(study, path: Path, space: Sequence[Dimension]) -> None:
     rows = [
         [t.number, t.state.name.lower(), "" if t.value is None else f"{t.value:.6f}"]
         + [t.params.get(d.key, "") for d in space]
+        + ["yes" if t.user_attrs.get("recipe") else ""]
         for t in study.trials
     ]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["trial", "state", f"val_{METRIC}", *(d.key for d in space)])
+        writer.writerow(["trial", "state", f"val_{METRIC}", *(d.key for d in space), "recipe"])
         writer.writerows(rows)
     tmp.replace(path)
 
@@ -273,6 +314,7 @@ def plot_search(study, path: Path, space: Sequence[Dimension]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     done = finished_trials(study)
     fig, axes = plt.subplots(1, 1 + len(space), figsize=(4 * (1 + len(space)), 3.4), squeeze=False)
@@ -286,8 +328,11 @@ def plot_search(study, path: Path, space: Sequence[Dimension]) -> None:
     for ax, dim in zip(axes[0][1:], space, strict=True):
         xs = [t.params[dim.key] for t in done]
         ax.plot([str(x) for x in xs] if dim.choices else xs, values, "o")
-        if dim.log:
+        if dim.log:  # ticks as plain numbers: log axes label in mathtext, drawn here as text
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel=dim.key, ylabel=f"val {METRIC} (%)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
