@@ -54,12 +54,9 @@ def build_model(
     """The backbone and head the model section names; with ``model.experts`` N > 1, a shared
     trunk and N experts (camlt.models.experts), each from a backbone of its own random start."""
     experts = OmegaConf.select(model_cfg, "experts", default=1)
+    weights = weights_source(model_cfg.pretrained)  # resolved once, for every expert
     backbones = [
-        create_backbone(
-            model_cfg.backbone,
-            in_channels=in_channels,
-            pretrained=weights_source(model_cfg.pretrained),
-        )
+        create_backbone(model_cfg.backbone, in_channels=in_channels, pretrained=weights)
         for _ in range(experts)
     ]
     heads = [build_head(b.out_channels, num_classes, model_cfg, class_counts) for b in backbones]
